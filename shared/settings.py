@@ -1,0 +1,148 @@
+"""The one typed settings object, built from the environment and an optional `.env` file.
+
+Nothing else in the project reads `os.environ`: entry points call `load_settings()` once and pass the result
+to `create_app(settings)` and `create_celery_app(settings)`, so tests can hand in overrides.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from dotenv import dotenv_values
+
+TWILIO_DEFAULT_API_BASE_URL = "https://api.twilio.com"
+
+
+class SettingsError(RuntimeError):
+    """A setting is missing or malformed; the message names it."""
+
+
+def _env(name: str, help_text: str, **kwargs: Any) -> Any:
+    """A dataclass field that records its environment variable name and a one-line description."""
+    return field(metadata={"env": name, "help": help_text}, **kwargs)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None = _env("DATABASE_URL", "PostgreSQL URL; unset under `bulksms up`/tests: embedded", default=None)
+    redis_url: str | None = _env("REDIS_URL", "Redis URL (Celery broker, concurrency cap, callback queue)", default=None)
+    twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", "Twilio Account SID (AC...)", default=None)
+    twilio_auth_token: str | None = _env("TWILIO_AUTH_TOKEN", "Twilio Auth Token; also signs status callbacks", default=None)
+    twilio_messaging_service_sid: str | None = _env(
+        "TWILIO_MESSAGING_SERVICE_SID", "Messaging Service SID (MG...) that picks the sender", default=None
+    )
+    twilio_api_base_url: str = _env(
+        "TWILIO_API_BASE_URL", "Where the workers send; any Twilio-compatible endpoint", default=TWILIO_DEFAULT_API_BASE_URL
+    )
+    public_base_url: str | None = _env("PUBLIC_BASE_URL", "Public URL where Twilio reaches our webhooks", default=None)
+    twilio_max_concurrency: int = _env(
+        "TWILIO_MAX_CONCURRENCY", "Cap on Twilio requests in flight across all workers and hosts", default=100
+    )
+    twilio_request_timeout_seconds: float = _env(
+        "TWILIO_REQUEST_TIMEOUT_SECONDS", "Give up waiting for one Twilio response after this long", default=15.0
+    )
+    send_chunk_size: int = _env("SEND_CHUNK_SIZE", "Recipients per Celery chunk task", default=100)
+    send_retry_max_attempts: int = _env(
+        "SEND_RETRY_MAX_ATTEMPTS", "Tries per message on 20429/connection errors before releasing it", default=6
+    )
+    send_retry_max_seconds: float = _env(
+        "SEND_RETRY_MAX_SECONDS", "Time budget per message for those retries", default=60.0
+    )
+    claim_lease_seconds: int = _env(
+        "CLAIM_LEASE_SECONDS", "A claimed message not recorded after this long is reconciled", default=120
+    )
+    concurrency_lease_seconds: int = _env(
+        "CONCURRENCY_LEASE_SECONDS", "A dead worker's concurrency slots free themselves after this long", default=30
+    )
+    sweeper_interval_seconds: float = _env("SWEEPER_INTERVAL_SECONDS", "How often beat runs the sweeper", default=15.0)
+    sweeper_grace_seconds: int = _env(
+        "SWEEPER_GRACE_SECONDS", "Pending recipients idle this long with an empty queue are re-enqueued", default=60
+    )
+    max_request_bytes: int = _env(
+        "MAX_REQUEST_BYTES", "Largest accepted request body (default fits 1,000,000 recipients)", default=64 * 1024 * 1024
+    )
+    port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
+    data_dir: str = _env("BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms")
+    log_level: str = _env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO")
+
+    def require(self, *attribute_names: str) -> None:
+        """Fail with a message naming every missing setting among `attribute_names`."""
+        missing = [_env_name(name) for name in attribute_names if getattr(self, name) in (None, "")]
+        if missing:
+            raise SettingsError(
+                "missing required setting(s): " + ", ".join(missing) + " (set them in the environment or .env)"
+            )
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def twilio_configured(self) -> bool:
+        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_messaging_service_sid)
+
+
+def _env_name(attribute_name: str) -> str:
+    return str(next(f.metadata["env"] for f in fields(Settings) if f.name == attribute_name))
+
+
+def _convert(raw: str, target_type: Any, env_name: str) -> Any:
+    text = raw.strip()
+    try:
+        if target_type is int:
+            return int(text)
+        if target_type is float:
+            return float(text)
+        if target_type is bool:
+            if text.lower() in {"1", "true", "yes", "on"}:
+                return True
+            if text.lower() in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+    except ValueError:
+        raise SettingsError(f"setting {env_name}={raw!r} is not a valid {target_type.__name__}") from None
+    return text or None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | Path | None = ".env") -> Settings:
+    """Build settings from `environ` (default: the process environment) over an optional `.env` file."""
+    values: dict[str, str] = {}
+    if dotenv_path is not None and Path(dotenv_path).is_file():
+        values.update({k: v for k, v in dotenv_values(dotenv_path).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    hints = get_type_hints(Settings)
+    kwargs: dict[str, Any] = {}
+    for settings_field in fields(Settings):
+        env_name = settings_field.metadata["env"]
+        if env_name in values and values[env_name].strip() != "":
+            target = hints[settings_field.name]
+            base_type = target if target in (int, float, bool) else str
+            kwargs[settings_field.name] = _convert(values[env_name], base_type, env_name)
+    settings = Settings(**kwargs)
+    for name in ("twilio_max_concurrency", "send_chunk_size", "port", "max_request_bytes"):
+        if getattr(settings, name) <= 0:
+            raise SettingsError(f"setting {_env_name(name)} must be a positive number")
+    return settings
+
+
+def settings_documentation() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: feeds `.env.example` checks and the README table."""
+    rows = []
+    for settings_field in fields(Settings):
+        default = "" if settings_field.default in (None, dataclasses.MISSING) else str(settings_field.default)
+        rows.append((settings_field.metadata["env"], default, settings_field.metadata["help"]))
+    return rows
+
+
+def settings_to_environment(settings: Settings) -> dict[str, str]:
+    """The environment variables that reproduce `settings` in a child process (worker, beat, API)."""
+    environment = {}
+    for settings_field in fields(Settings):
+        value = getattr(settings, settings_field.name)
+        if value is not None:
+            environment[settings_field.metadata["env"]] = str(value)
+    return environment
