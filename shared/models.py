@@ -107,7 +107,9 @@ class Message(Base):
     __tablename__ = "messages"
 
     id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
-    broadcast_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), ForeignKey("broadcasts.id"))
+    # No foreign key on purpose: intake writes a broadcast and its recipients in one transaction and nothing
+    # deletes broadcasts, while a per-row key check costs a quarter of the COPY of a 1,000,000-recipient list.
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     chunk_number: Mapped[int] = mapped_column(Integer)
     to_number: Mapped[str] = mapped_column(String(16))
     state: Mapped[str] = mapped_column(String(20), default=MessageState.PENDING)
@@ -122,17 +124,12 @@ class Message(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     __table_args__ = (
-        # Progress counts (index-only scan per state) and state-filtered paging by id.
-        Index("ix_messages_broadcast_state_id", "broadcast_id", "state", "id"),
+        # One index for three jobs: progress counts (index-only scan per state), a chunk task's claim of its
+        # pending rows (broadcast, 'pending', chunk), and state-filtered paging (ids grow with chunk numbers).
+        # A separate partial index for the claim would cost another ~1.5 s on a 1,000,000-recipient intake.
+        Index("ix_messages_broadcast_state_chunk_id", "broadcast_id", "state", "chunk_number", "id"),
         # Unfiltered paging of one broadcast's messages.
         Index("ix_messages_broadcast_id_id", "broadcast_id", "id"),
-        # What a chunk task claims; shrinks to nothing as a broadcast is sent.
-        Index(
-            "ix_messages_pending_chunk",
-            "broadcast_id",
-            "chunk_number",
-            postgresql_where=text("state = 'pending'"),
-        ),
         # Claims whose lease ran out (a worker died mid-send) and ambiguous sends, for the reconciler.
         Index(
             "ix_messages_needs_reconciliation",

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-E164_PATTERN = re.compile(r"\+[1-9]\d{1,14}")
+# ASCII: `\d` alone also matches other scripts' digits (full-width, Arabic-Indic), which Twilio refuses.
+E164_PATTERN = re.compile(r"\+[1-9]\d{1,14}", re.ASCII)
 # Characters people put in numbers for readability; removed before the E.164 check.
 _SEPARATORS = re.compile(r"[\s\-.()]")
 MAX_REPORTED_INVALID = 100
@@ -55,7 +56,7 @@ def _invalid_reason(raw: Any) -> str:
     if not cleaned.startswith("+"):
         return "missing country code: start with + or 00"
     digits = cleaned[1:]
-    if not digits.isdigit():
+    if not (digits.isascii() and digits.isdigit()):
         return "contains characters other than digits"
     if digits.startswith("0"):
         return "country code cannot start with 0"

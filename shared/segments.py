@@ -1,8 +1,8 @@
 """How many SMS segments a body takes, and in which encoding. Pure functions, no I/O.
 
-GSM-7: 160 septets in one segment, 153 per part when split; extension characters take two septets and are never
-split across parts. UCS-2: 70 code units in one segment, 67 per part; a character outside the Basic Multilingual
-Plane takes two units and is never split. No 10-part cap: only the 1,600-character limit applies.
+GSM-7: 160 septets in one segment, 153 per part when split; extension characters take two septets and are
+never split across parts. UCS-2: 70 code units in one segment, 67 per part; a character outside the Basic
+Multilingual Plane takes two units and is never split. No 10-part cap: only the 1,600-character limit applies.
 """
 
 from __future__ import annotations

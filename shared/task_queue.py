@@ -7,7 +7,10 @@ into at-most-once sending per recipient.
 
 from __future__ import annotations
 
+import base64
+import json
 import uuid
+from typing import Any
 
 from celery import Celery
 from kombu import Queue
@@ -50,22 +53,92 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             "retry_on_timeout": True,
         },
         task_publish_retry=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0.1, "interval_step": 0.2, "interval_max": 0.5},
+        task_publish_retry_policy={
+            "max_retries": 2,
+            "interval_start": 0.1,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
         worker_hijack_root_logger=False,
         beat_schedule={
-            "sweep": {"task": SWEEP_TASK, "schedule": settings.sweeper_interval_seconds, "options": {"expires": 60}},
+            "sweep": {
+                "task": SWEEP_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"expires": 60},
+            },
         },
     )
     return app
 
 
+# Chunk messages written to Redis per round trip.
+ENQUEUE_BATCH_SIZE = 1_000
+
+
 def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: list[int] | range) -> None:
-    """Publish one `sms.send_chunk` task per chunk, carrying ids only, over one broker connection."""
+    """Publish one `sms.send_chunk` task per chunk, carrying ids only.
+
+    On Redis the messages are written with pipelined LPUSHes, 1,000 per round trip: a 1,000,000-recipient
+    broadcast has 10,000 chunks, and `send_task` one by one costs ~0.4 ms each. Each message is a copy of one
+    that Celery builds itself (protocol 2, as kombu's Redis transport stores it) with fresh ids and arguments.
+    """
+    with app.connection_for_write() as connection:
+        if connection.transport.driver_type != "redis":
+            _enqueue_chunks_one_by_one(app, str(broadcast_id), chunk_numbers)
+            return
+        template = _chunk_message_template(app, str(broadcast_id))
+        client = connection.default_channel.client
+        with client.pipeline(transaction=False) as pipeline:
+            for position, chunk_number in enumerate(chunk_numbers, start=1):
+                pipeline.lpush(SEND_QUEUE, _chunk_message(template, str(broadcast_id), int(chunk_number)))
+                if position % ENQUEUE_BATCH_SIZE == 0:
+                    pipeline.execute()
+            pipeline.execute()
+
+
+def _enqueue_chunks_one_by_one(app: Celery, broadcast_id: str, chunk_numbers: list[int] | range) -> None:
     with app.producer_or_acquire() as producer:
         for chunk_number in chunk_numbers:
             app.send_task(
-                SEND_CHUNK_TASK,
-                args=[str(broadcast_id), int(chunk_number)],
-                queue=SEND_QUEUE,
-                producer=producer,
+                SEND_CHUNK_TASK, args=[broadcast_id, int(chunk_number)], queue=SEND_QUEUE, producer=producer
             )
+
+
+def _chunk_message_template(app: Celery, broadcast_id: str) -> dict[str, Any]:
+    """The message Celery's `send_task` would publish for chunk 0, as kombu's Redis transport stores it."""
+    task_id = str(uuid.uuid4())
+    task_message = app.amqp.as_task_v2(
+        task_id, SEND_CHUNK_TASK, args=[broadcast_id, 0], reply_to=app.thread_oid, ignore_result=None
+    )
+    headers, properties, body = task_message.headers, task_message.properties, task_message.body
+    return {
+        "body": body,  # [args, kwargs, embed]
+        "content-encoding": "utf-8",
+        "content-type": "application/json",
+        "headers": headers,
+        "properties": {
+            **properties,
+            "delivery_mode": 2,  # persistent
+            "delivery_info": {"exchange": "", "routing_key": SEND_QUEUE},
+            "priority": 0,
+            "body_encoding": "base64",
+        },
+    }
+
+
+def _chunk_message(template: dict[str, Any], broadcast_id: str, chunk_number: int) -> str:
+    task_id = str(uuid.uuid4())
+    args = [broadcast_id, chunk_number]
+    _, kwargs, embed = template["body"]
+    body = json.dumps([args, kwargs, embed]).encode("utf-8")
+    message = {
+        **template,
+        "body": base64.b64encode(body).decode("ascii"),
+        "headers": {**template["headers"], "id": task_id, "root_id": task_id, "argsrepr": repr(args)},
+        "properties": {
+            **template["properties"],
+            "correlation_id": task_id,
+            "delivery_tag": str(uuid.uuid4()),
+        },
+    }
+    return json.dumps(message)

@@ -1,0 +1,45 @@
+"""`create_app(settings)`: the Flask application with its engine, broker client and error handlers."""
+
+from __future__ import annotations
+
+import logging
+
+import redis
+from flask import Flask
+
+from api import broadcasts, health
+from api.context import EXTENSION_NAME, ApiServices, close_db_session
+from api.errors import register_error_handlers
+from shared.db import create_database_engine, create_session_factory
+from shared.settings import Settings
+from shared.task_queue import create_celery_app
+
+# Short: a readiness probe or a broadcast should learn quickly that Redis is gone, not hang.
+REDIS_CHECK_TIMEOUT_SECONDS = 2.0
+
+
+def create_app(settings: Settings) -> Flask:
+    """Build the API for `settings`. Nothing connects here: PostgreSQL and Redis are reached per request."""
+    settings.require("database_url", "redis_url")
+    assert settings.redis_url is not None
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    logging.getLogger("api").setLevel(settings.log_level.upper())
+    engine = create_database_engine(settings)
+    app.extensions[EXTENSION_NAME] = ApiServices(
+        settings=settings,
+        engine=engine,
+        session_factory=create_session_factory(engine),
+        celery_app=create_celery_app(settings, name="bulksms-api"),
+        redis_client=redis.Redis.from_url(
+            settings.redis_url,
+            socket_connect_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
+            socket_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
+        ),
+    )
+    app.teardown_appcontext(close_db_session)
+    register_error_handlers(app)
+    app.register_blueprint(health.blueprint)
+    app.register_blueprint(broadcasts.blueprint)
+    return app

@@ -1,0 +1,197 @@
+"""/v1/broadcasts: create a broadcast, follow its progress, page through its messages."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, request, url_for
+
+from api.auth import require_api_key
+from api.context import db_session, services
+from api.errors import ApiProblem
+from api.schemas import (
+    MAX_IDEMPOTENCY_KEY_LENGTH,
+    BroadcastDetailSchema,
+    BroadcastRequestSchema,
+    BroadcastSchema,
+    BroadcastsQuerySchema,
+    MessageSchema,
+    MessagesQuerySchema,
+)
+from shared.broadcasts import (
+    IdempotencyConflictError,
+    InvalidCursorError,
+    InvalidRecipientsError,
+    create_broadcast,
+    enqueue_broadcast,
+    get_broadcast,
+    list_broadcasts,
+    list_messages,
+    message_state_counts,
+)
+from shared.models import Broadcast
+
+logger = logging.getLogger(__name__)
+
+blueprint = Blueprint("broadcasts", __name__, url_prefix="/v1/broadcasts")
+
+broadcast_request_schema = BroadcastRequestSchema()
+broadcast_schema = BroadcastSchema()
+broadcast_detail_schema = BroadcastDetailSchema()
+message_schema = MessageSchema()
+messages_query_schema = MessagesQuerySchema()
+broadcasts_query_schema = BroadcastsQuerySchema()
+
+
+def _links(broadcast: Broadcast) -> dict[str, str]:
+    return {
+        "self": url_for("broadcasts.show_broadcast", broadcast_id=broadcast.id),
+        "messages": url_for("broadcasts.show_messages", broadcast_id=broadcast.id),
+    }
+
+
+def _json_body() -> Any:
+    """The request body parsed as JSON: 415 if it is not declared JSON, 413 if too large, 400 if malformed."""
+    if not request.is_json:
+        raise ApiProblem(415, "Send the request body as JSON with `Content-Type: application/json`.")
+    raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ApiProblem(
+            400, f"The request body is not valid JSON: {error}", problem="malformed-json"
+        ) from None
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise ApiProblem(
+            400,
+            f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters.",
+            problem="invalid-idempotency-key",
+        )
+    return key
+
+
+@blueprint.post("")
+def create() -> tuple[Response, int, dict[str, str]]:
+    started = time.perf_counter()
+    api_key = require_api_key()
+    broadcast_request = broadcast_request_schema.load(_json_body())
+    idempotency_key = _idempotency_key()
+    parsed = time.perf_counter()
+    # Refuse before storing anything when the broker is down: a 202 must mean "stored and on its way".
+    services().redis_client.ping()
+    session = db_session()
+    try:
+        result = create_broadcast(
+            session,
+            api_key_id=api_key.id,
+            request=broadcast_request,
+            chunk_size=services().settings.send_chunk_size,
+            idempotency_key=idempotency_key,
+        )
+    except InvalidRecipientsError as error:
+        raise ApiProblem(
+            422,
+            f"{error.invalid_count:,} recipient(s) are not valid phone numbers"
+            + (" and no valid one remains." if not error.valid_count else "; nothing was stored.")
+            + " The first 100 are listed in `invalid`."
+            + (" Send `on_invalid: skip` to send to the valid ones only." if error.valid_count else ""),
+            problem="invalid-recipients",
+            errors={"recipients": [f"{error.invalid_count} invalid phone number(s)"]},
+            invalid=error.invalid_sample,
+            invalid_count=error.invalid_count,
+        ) from None
+    except IdempotencyConflictError as error:
+        raise ApiProblem(
+            409,
+            "This Idempotency-Key was already used with a different request body.",
+            problem="idempotency-key-reused",
+            broadcast_id=str(error.broadcast_id),
+        ) from None
+    broadcast = result.broadcast
+    if result.created:
+        stored = time.perf_counter()
+        # If the broker fails now, the broadcast is stored with enqueued_at NULL and the sweeper enqueues it.
+        enqueued = enqueue_broadcast(session, services().celery_app, broadcast)
+        logger.info(
+            "broadcast %s accepted in %.2fs (parse %.2fs, validate and store %.2fs, enqueue %.2fs%s)",
+            broadcast.id,
+            time.perf_counter() - started,
+            parsed - started,
+            stored - parsed,
+            time.perf_counter() - stored,
+            "" if enqueued else ", FAILED: left to the sweeper",
+        )
+    body = broadcast_schema.dump(broadcast)
+    body["links"] = _links(broadcast)
+    status = 202 if result.created else 200
+    return jsonify(body), status, {"Location": body["links"]["self"]}
+
+
+@blueprint.get("")
+def index() -> Response:
+    api_key = require_api_key()
+    query = broadcasts_query_schema.load(request.args)
+    try:
+        page = list_broadcasts(db_session(), api_key.id, cursor=query.get("cursor"), limit=query["limit"])
+    except InvalidCursorError as error:
+        raise ApiProblem(400, str(error), problem="invalid-cursor", errors={"cursor": [str(error)]}) from None
+    items = []
+    for broadcast in page.items:
+        item = broadcast_schema.dump(broadcast)
+        item["links"] = _links(broadcast)
+        items.append(item)
+    next_link = None
+    if page.next_cursor is not None:
+        next_link = url_for("broadcasts.index", cursor=page.next_cursor, limit=query["limit"])
+    return jsonify({"items": items, "links": {"next": next_link}})
+
+
+def _own_broadcast(broadcast_id: uuid.UUID) -> Broadcast:
+    api_key = require_api_key()
+    broadcast = get_broadcast(db_session(), api_key.id, broadcast_id)
+    if broadcast is None:
+        raise ApiProblem(404, "No broadcast with this id was created with this API key.")
+    return broadcast
+
+
+@blueprint.get("/<uuid:broadcast_id>")
+def show_broadcast(broadcast_id: uuid.UUID) -> Response:
+    broadcast = _own_broadcast(broadcast_id)
+    counts = message_state_counts(db_session(), broadcast.id)
+    body = broadcast_detail_schema.dump(broadcast)
+    body["messages"] = {"total": sum(counts.values()), **counts}
+    body["links"] = _links(broadcast)
+    return jsonify(body)
+
+
+@blueprint.get("/<uuid:broadcast_id>/messages")
+def show_messages(broadcast_id: uuid.UUID) -> Response:
+    broadcast = _own_broadcast(broadcast_id)
+    query = messages_query_schema.load(request.args)
+    try:
+        page = list_messages(
+            db_session(),
+            broadcast.id,
+            state=query.get("state"),
+            cursor=query.get("cursor"),
+            limit=query["limit"],
+        )
+    except InvalidCursorError as error:
+        raise ApiProblem(400, str(error), problem="invalid-cursor", errors={"cursor": [str(error)]}) from None
+    next_link = None
+    if page.next_cursor is not None:
+        parameters = {"cursor": page.next_cursor, "limit": query["limit"]}
+        if query.get("state"):
+            parameters["state"] = query["state"]
+        next_link = url_for("broadcasts.show_messages", broadcast_id=broadcast.id, **parameters)
+    return jsonify({"items": message_schema.dump(page.items, many=True), "links": {"next": next_link}})

@@ -1,0 +1,128 @@
+"""Marshmallow schemas: what requests must look like, and how stored rows are shown.
+
+A million recipients are checked here only for type and count; normalising each one is the fast
+pure function in `shared.phone_numbers`, which reports every invalid entry with its index.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
+
+from shared.broadcasts import MAX_MESSAGE_CHARACTERS, MAX_RECIPIENTS, ON_INVALID_CHOICES, BroadcastRequest
+from shared.models import MessageState
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 255
+MAX_MESSAGES_PAGE = 1_000
+MAX_BROADCASTS_PAGE = 200
+
+
+class RecipientList(fields.Field):
+    """A JSON array of 1..MAX_RECIPIENTS entries, passed through untouched (entries are checked later)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValidationError("Must be a JSON array of phone numbers.")
+        if not value:
+            raise ValidationError("Must contain at least one phone number.")
+        if len(value) > MAX_RECIPIENTS:
+            raise ValidationError(
+                f"Must contain at most {MAX_RECIPIENTS:,} phone numbers (got {len(value):,})."
+            )
+        return value
+
+
+class BroadcastRequestSchema(Schema):
+    message = fields.String(
+        required=True,
+        validate=validate.Length(
+            min=1,
+            max=MAX_MESSAGE_CHARACTERS,
+            error=f"Must be between 1 and {MAX_MESSAGE_CHARACTERS:,} characters.",
+        ),
+    )
+    recipients = RecipientList(required=True)
+    on_invalid = fields.String(load_default="reject", validate=validate.OneOf(ON_INVALID_CHOICES))
+
+    @validates("message")
+    def _no_nul_characters(self, value: str, **_kwargs: Any) -> None:
+        if "\x00" in value:
+            raise ValidationError("Must not contain NUL characters.")
+
+    @post_load
+    def _to_request(self, data: dict[str, Any], **_kwargs: Any) -> BroadcastRequest:
+        return BroadcastRequest(data["message"], data["recipients"], data["on_invalid"])
+
+
+class MessagesQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    state = fields.String(validate=validate.OneOf([state.value for state in MessageState]))
+    cursor = fields.String()
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_MESSAGES_PAGE))
+
+
+class BroadcastsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    cursor = fields.String()
+    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_BROADCASTS_PAGE))
+
+
+class MessageInfoSchema(Schema):
+    characters = fields.Integer()
+    encoding = fields.String()
+    segments = fields.Integer()
+
+
+class BroadcastSchema(Schema):
+    """A broadcast as intake reports it (202 / idempotent 200) and as lists show it."""
+
+    id = fields.UUID()
+    status = fields.String()
+    recipients = fields.Function(
+        lambda broadcast: {
+            "received": broadcast.recipients_received,
+            "accepted": broadcast.recipients_accepted,
+            "duplicates": broadcast.recipients_duplicates,
+            "invalid": broadcast.recipients_invalid,
+        }
+    )
+    invalid = fields.List(fields.Dict(), attribute="invalid_sample")
+    message = fields.Function(
+        lambda broadcast: {
+            "characters": broadcast.characters,
+            "encoding": broadcast.encoding,
+            "segments": broadcast.segments,
+        }
+    )
+    chunks = fields.Integer(attribute="chunk_count")
+    created_at = fields.AwareDateTime()
+    enqueued_at = fields.AwareDateTime()
+
+
+class BroadcastDetailSchema(BroadcastSchema):
+    """A broadcast with its progress; `messages` (counts per state) is added by the view."""
+
+    body = fields.String()
+    first_send_at = fields.AwareDateTime()
+    last_send_at = fields.AwareDateTime()
+    submitted_at = fields.AwareDateTime()
+
+
+class MessageSchema(Schema):
+    id = fields.Integer()
+    to = fields.String(attribute="to_number")
+    state = fields.String()
+    attempts = fields.Integer()
+    chunk_number = fields.Integer()
+    twilio_sid = fields.String()
+    twilio_status = fields.String()
+    error_code = fields.Integer()
+    error_message = fields.String()
+    created_at = fields.AwareDateTime()
+    sent_at = fields.AwareDateTime()
+    updated_at = fields.AwareDateTime()

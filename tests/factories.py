@@ -1,0 +1,122 @@
+"""Plain functions that insert rows directly, for tests of the worker side (no API involved)."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import ApiKey, Broadcast, BroadcastStatus, Message, MessageState
+
+DEFAULT_BODY = "Hello from the worker tests"
+
+
+def create_api_key(session: Session, name: str = "tests") -> ApiKey:
+    api_key = ApiKey(
+        name=name,
+        prefix=secrets.token_hex(6),
+        secret_hash=hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
+    )
+    session.add(api_key)
+    session.commit()
+    return api_key
+
+
+def numbers(count: int, prefix: str = "+1555") -> list[str]:
+    """`count` distinct E.164 numbers that the simulator accepts (or a magic prefix's outcome)."""
+    width = 15 - (len(prefix) - 1)
+    return [f"{prefix}{index:0{min(width, 7)}d}" for index in range(count)]
+
+
+def create_broadcast(
+    session: Session,
+    recipients: Sequence[str],
+    *,
+    body: str = DEFAULT_BODY,
+    chunk_size: int = 100,
+    api_key: ApiKey | None = None,
+    enqueued: bool = True,
+    created_ago: timedelta = timedelta(0),
+) -> Broadcast:
+    """A broadcast whose recipients are all `pending`, chunk k holding recipients k*chunk_size onwards."""
+    api_key = api_key or create_api_key(session)
+    broadcast = Broadcast(
+        id=uuid.uuid4(),
+        api_key_id=api_key.id,
+        body=body,
+        status=BroadcastStatus.QUEUED,
+        encoding="GSM-7",
+        characters=len(body),
+        segments=1,
+        recipients_received=len(recipients),
+        recipients_accepted=len(recipients),
+        recipients_duplicates=0,
+        recipients_invalid=0,
+        invalid_sample=[],
+        chunk_size=chunk_size,
+        chunk_count=-(-len(recipients) // chunk_size),
+    )
+    session.add(broadcast)
+    session.flush()
+    session.add_all(
+        Message(
+            broadcast_id=broadcast.id,
+            chunk_number=index // chunk_size,
+            to_number=number,
+            state=MessageState.PENDING,
+            attempts=0,
+        )
+        for index, number in enumerate(recipients)
+    )
+    session.flush()
+    timestamps: dict[str, Any] = {}
+    if created_ago:
+        timestamps["created_at"] = func.now() - created_ago
+    if enqueued:
+        timestamps["enqueued_at"] = func.now()
+    if timestamps:
+        session.execute(update(Broadcast).where(Broadcast.id == broadcast.id).values(**timestamps))
+    if created_ago:
+        session.execute(
+            update(Message)
+            .where(Message.broadcast_id == broadcast.id)
+            .values(created_at=func.now() - created_ago, updated_at=func.now() - created_ago)
+        )
+    session.commit()
+    session.refresh(broadcast)
+    return broadcast
+
+
+def set_messages(session: Session, broadcast_id: uuid.UUID, **values: Any) -> None:
+    """Force every message of a broadcast into a given situation (a claim that expired, say)."""
+    session.execute(update(Message).where(Message.broadcast_id == broadcast_id).values(**values))
+    session.commit()
+
+
+def messages_of(session: Session, broadcast_id: uuid.UUID) -> list[Message]:
+    session.expire_all()
+    return list(session.scalars(select(Message).where(Message.broadcast_id == broadcast_id).order_by(Message.id)))
+
+
+def broadcast_of(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    session.expire_all()
+    broadcast = session.get(Broadcast, broadcast_id)
+    assert broadcast is not None
+    return broadcast
+
+
+def states_of(session: Session, broadcast_id: uuid.UUID) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for message in messages_of(session, broadcast_id):
+        counts[message.state] = counts.get(message.state, 0) + 1
+    return counts
+
+
+def database_now(session: Session) -> datetime:
+    return session.execute(select(func.now())).scalar_one()
