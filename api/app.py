@@ -10,6 +10,7 @@ from flask import Flask
 from api import broadcasts, health
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.errors import register_error_handlers
+from api.webhooks import init_webhooks
 from shared.db import create_database_engine, create_session_factory
 from shared.settings import Settings
 from shared.task_queue import create_celery_app
@@ -42,4 +43,5 @@ def create_app(settings: Settings) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(broadcasts.blueprint)
+    init_webhooks(app, settings, app.extensions[EXTENSION_NAME].redis_client)
     return app

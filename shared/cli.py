@@ -7,7 +7,6 @@ missing setting, an unreachable database, a port in use) print one clear line an
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import sys
 import time
@@ -80,12 +79,16 @@ def say(message: str) -> None:
     console.print(f"[dim]·[/] {message}")
 
 
-def _stop_on_sigterm() -> None:
-    """SIGTERM (from a service manager, `kill`) stops the stack the same way Ctrl-C does."""
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) both stop the stack cleanly.
+
+    SIGINT is set explicitly because a shell starts background jobs with it ignored, and Python keeps that.
+    """
 
     def interrupt(_signal_number: int, _frame: FrameType | None) -> NoReturn:
         raise KeyboardInterrupt
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, interrupt)
 
 
@@ -134,7 +137,7 @@ def up(
         simulator_latency_ms=simulator_latency_ms,
     )
     stack = LocalStack(settings, options, say=say)
-    _stop_on_sigterm()
+    _stop_on_signals()
     exit_code = 0
     try:
         stack.start()
@@ -189,14 +192,10 @@ def _format_counts(counts: dict[str, int]) -> str:
 
 @cli.command()
 @click.option("--recipients", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000))
-@click.option(
-    "--latency-ms", default=50, show_default=True, type=click.IntRange(0), help="Simulator answer delay."
-)
+@click.option("--latency-ms", default=50, show_default=True, type=click.IntRange(0), help="Simulator answer delay.")
 @stack_options
 @click.option("--timeout-seconds", default=900.0, show_default=True, help="Give up waiting after this long.")
-def demo(
-    recipients: int, latency_ms: int, port: int | None, data_dir: str | None, timeout_seconds: float
-) -> None:
+def demo(recipients: int, latency_ms: int, port: int | None, data_dir: str | None, timeout_seconds: float) -> None:
     """Start the stack, send one broadcast to N fictional numbers through the simulator, show progress, stop.
 
     The demo is self-contained: a fresh embedded PostgreSQL and Redis under <data dir>/demo and the Twilio
@@ -205,10 +204,7 @@ def demo(
     settings = load_command_settings(port, data_dir)
     demo_directory = data_directory(settings) / "demo"
     if any((settings.twilio_account_sid, settings.database_url, settings.redis_url)):
-        say(
-            "the demo ignores DATABASE_URL, REDIS_URL and TWILIO_*: it runs its own servers and the simulator"
-        )
-    shutil.rmtree(demo_directory, ignore_errors=True)  # each demo starts from empty tables and an empty queue
+        say("the demo ignores DATABASE_URL, REDIS_URL and TWILIO_*: it runs its own servers and the simulator")
     settings = settings.replace(
         data_dir=str(demo_directory),
         database_url=None,
@@ -217,8 +213,8 @@ def demo(
         twilio_auth_token=None,
         twilio_messaging_service_sid=None,
     )
-    stack = LocalStack(settings, StackOptions(use_simulator=True, simulator_latency_ms=latency_ms), say=say)
-    _stop_on_sigterm()
+    stack = LocalStack(settings, StackOptions(use_simulator=True, simulator_latency_ms=latency_ms, fresh=True), say=say)
+    _stop_on_signals()
     exit_code = 0
     try:
         stack.start()
@@ -247,8 +243,7 @@ def run_demo_broadcast(stack: LocalStack, recipient_count: int, timeout_seconds:
 
     recipients = demo_numbers(recipient_count)
     console.print(
-        f"\nsubmitting one broadcast to [bold]{recipient_count:,}[/] recipients: "
-        f"POST {stack.api_url}/v1/broadcasts"
+        f"\nsubmitting one broadcast to [bold]{recipient_count:,}[/] recipients: POST {stack.api_url}/v1/broadcasts"
     )
     started = time.monotonic()
     response = requests.post(
@@ -281,15 +276,12 @@ def run_demo_broadcast(stack: LocalStack, recipient_count: int, timeout_seconds:
             view = dict(poll.json())
             counts = state_counts(view)
             finished = sum(count for state, count in counts.items() if state not in UNFINISHED_STATES)
-            progress.update(
-                task, completed=finished, status=view.get("status", "?"), counts=_format_counts(counts)
-            )
+            progress.update(task, completed=finished, status=view.get("status", "?"), counts=_format_counts(counts))
             if view.get("status") == "submitted":
                 break
             if time.monotonic() > deadline:
                 error_console.print(
-                    f"[bold red]error:[/] not submitted after {timeout_seconds:.0f}s; "
-                    f"logs in {stack.log_directory}"
+                    f"[bold red]error:[/] not submitted after {timeout_seconds:.0f}s; logs in {stack.log_directory}"
                 )
                 return 1
             time.sleep(0.5)
@@ -373,9 +365,7 @@ def keys_create(name: str) -> None:
         key_id = api_key.id
     console.print(f"created API key {key_id} ({name}):")
     click.echo(plaintext)
-    console.print(
-        "[yellow]Store it now: it will not be shown again.[/] Send it as `Authorization: Bearer <key>`."
-    )
+    console.print("[yellow]Store it now: it will not be shown again.[/] Send it as `Authorization: Bearer <key>`.")
 
 
 @keys.command("list")
@@ -413,9 +403,90 @@ def keys_revoke(key_id: int) -> None:
 
 
 @cli.command("settings")
-def show_settings() -> None:
-    """Print every setting as the Markdown table in README.md."""
-    click.echo(settings_markdown_table())
+@click.option("--env-example", is_flag=True, help="Print a complete .env.example instead of the table.")
+def show_settings(env_example: bool) -> None:
+    """Print every setting as the Markdown table in README.md (or as .env.example)."""
+    click.echo(env_example_text() if env_example else settings_markdown_table())
+
+
+# How .env.example groups the settings; a setting not listed here lands under "Other settings".
+SETTING_GROUPS: list[tuple[str, list[str]]] = [
+    (
+        "Databases. Leave both empty for `bulksms up`, `bulksms demo` and `make test`: they start embedded "
+        "servers.\n# docker compose ignores these two and wires its own postgres and redis services.",
+        ["DATABASE_URL", "REDIS_URL"],
+    ),
+    (
+        "Twilio. Leave the three credentials empty locally: `bulksms up` then sends to its Twilio simulator.",
+        [
+            "TWILIO_ACCOUNT_SID",
+            "TWILIO_AUTH_TOKEN",
+            "TWILIO_MESSAGING_SERVICE_SID",
+            "TWILIO_API_BASE_URL",
+            "PUBLIC_BASE_URL",
+            "TWILIO_MAX_CONCURRENCY",
+            "TWILIO_REQUEST_TIMEOUT_SECONDS",
+        ],
+    ),
+    (
+        "Sending, recovery and limits. The defaults suit Twilio's usual account limits.",
+        [
+            "SEND_CHUNK_SIZE",
+            "SEND_RETRY_MAX_ATTEMPTS",
+            "SEND_RETRY_MAX_SECONDS",
+            "CLAIM_LEASE_SECONDS",
+            "CONCURRENCY_LEASE_SECONDS",
+            "SWEEPER_INTERVAL_SECONDS",
+            "SWEEPER_GRACE_SECONDS",
+            "MAX_REQUEST_BYTES",
+        ],
+    ),
+    (
+        "Delivery receipts (status callbacks) and delivery retries.",
+        [
+            "DELIVERY_RETRY_ERROR_CODES",
+            "DELIVERY_RETRY_MAX_ATTEMPTS",
+            "DELIVERY_RETRY_BASE_SECONDS",
+            "STATUS_BATCH_SIZE",
+            "STATUS_BATCH_SECONDS",
+            "COMPLETION_IDLE_SECONDS",
+            "TRUSTED_PROXY_COUNT",
+            "WEBHOOK_PORT",
+        ],
+    ),
+    ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
+]
+# Read by docker-compose.yml only.
+COMPOSE_VARIABLES = [
+    ("POSTGRES_PASSWORD", "Password of the compose postgres service's `bulksms` user [default: bulksms]"),
+    ("FLOWER_BASIC_AUTH", "user:password for the Flower dashboard on port 5555; compose refuses to start without it"),
+]
+
+
+def env_example_text() -> str:
+    """The content of .env.example: every setting, empty (so the default applies), under a one-line comment."""
+    documentation = {variable: (default, description) for variable, default, description in settings_documentation()}
+    grouped = {variable for _, variables in SETTING_GROUPS for variable in variables}
+    groups = [(title, [v for v in variables if v in documentation]) for title, variables in SETTING_GROUPS]
+    others = [variable for variable in documentation if variable not in grouped]
+    if others:
+        groups.append(("Other settings.", others))
+    lines = [
+        "# bulksms configuration: copy to `.env` (`cp .env.example .env`) and fill in what you need.",
+        '# Every setting is optional locally; an empty value means "use the default" (shown in brackets).',
+        "# The environment wins over .env. docs/configuration.md explains each setting.",
+        "# Generated by `bulksms settings --env-example`.",
+    ]
+    for title, variables in groups:
+        lines += ["", f"# --- {title}"]
+        for variable in variables:
+            default, description = documentation[variable]
+            lines.append(f"# {description}" + (f" [default: {default}]" if default else ""))
+            lines.append(f"{variable}=")
+    lines += ["", "# --- docker compose only (not read by bulksms itself)."]
+    for variable, description in COMPOSE_VARIABLES:
+        lines += [f"# {description}", f"{variable}="]
+    return "\n".join(lines)
 
 
 def settings_markdown_table() -> str:
@@ -445,12 +516,8 @@ def _exec(arguments: list[str]) -> NoReturn:
 @cli.command(context_settings=PASS_THROUGH)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8010, show_default=True)
-@click.option(
-    "--account-sid", help="Default: TWILIO_ACCOUNT_SID, else one generated and kept in the data folder."
-)
-@click.option(
-    "--auth-token", help="Default: TWILIO_AUTH_TOKEN, else one generated and kept in the data folder."
-)
+@click.option("--account-sid", help="Default: TWILIO_ACCOUNT_SID, else one generated and kept in the data folder.")
+@click.option("--auth-token", help="Default: TWILIO_AUTH_TOKEN, else one generated and kept in the data folder.")
 @click.option("--latency-ms", default=100, show_default=True)
 @click.option("--max-concurrency", default=100, show_default=True)
 @click.pass_context

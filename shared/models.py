@@ -1,4 +1,4 @@
-"""The tables: broadcasts, one row per recipient message, API keys.
+"""The tables: broadcasts, one row per recipient message, API keys, status events, attempts, opt-outs.
 
 The schema itself is created only by the Alembic migrations in `shared/migrations`; these classes must match them
 (a test compares the two).
@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    UniqueConstraint,
     func,
     text,
 )
@@ -35,6 +36,7 @@ class BroadcastStatus(enum.StrEnum):
     QUEUED = "queued"  # stored and enqueued, no recipient claimed yet
     SENDING = "sending"  # at least one chunk claimed
     SUBMITTED = "submitted"  # every recipient has a Twilio outcome (accepted, failed)
+    COMPLETED = "completed"  # every message final, or no receipt for the configured time
 
 
 class MessageState(enum.StrEnum):
@@ -43,6 +45,11 @@ class MessageState(enum.StrEnum):
     ACCEPTED = "accepted"  # Twilio answered 201 and gave a SID
     FAILED = "failed"  # Twilio refused it permanently (error code and message recorded)
     UNKNOWN = "unknown"  # the request left but no answer came (timeout, 5xx): reconciled before any resend
+    # After a status callback (issue 3): the carrier's verdict on the current attempt.
+    SENT = "sent"  # handed to the carrier, no final receipt yet
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    RETRY_SCHEDULED = "retry_scheduled"  # 30003/30008-style failure: a new attempt is due at retry_due_at
 
 
 # A message in one of these still owes the broadcast a Twilio outcome.
@@ -60,6 +67,8 @@ class ApiKey(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Signs the completion callback POSTed to a broadcast's callback_url (HMAC-SHA256); the client keeps a copy.
+    signing_secret: Mapped[str | None] = mapped_column(String(64))
 
 
 class Broadcast(Base):
@@ -87,9 +96,15 @@ class Broadcast(Base):
     first_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    last_receipt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),
+        Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
         Index(
             "uq_broadcasts_api_key_idempotency_key",
             "api_key_id",
@@ -122,8 +137,12 @@ class Message(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    retry_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    final_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_receipt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
+        Index("ix_messages_retry_due", "retry_due_at", postgresql_where=text("retry_due_at IS NOT NULL")),
         # One index for three jobs: progress counts (index-only scan per state), a chunk task's claim of its
         # pending rows (broadcast, 'pending', chunk), and state-filtered paging (ids grow with chunk numbers).
         # A separate partial index for the claim would cost another ~1.5 s on a 1,000,000-recipient intake.
@@ -138,3 +157,60 @@ class Message(Base):
         ),
         Index("uq_messages_twilio_sid", "twilio_sid", unique=True, postgresql_where=text("twilio_sid IS NOT NULL")),
     )
+
+
+class MessageAttempt(Base):
+    """An earlier attempt of a message that was retried: its SID keeps receiving late callbacks here."""
+
+    __tablename__ = "message_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    twilio_sid: Mapped[str | None] = mapped_column(String(34))
+    twilio_status: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    final_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "attempt_number", name="uq_message_attempts_message_attempt"),
+        Index(
+            "uq_message_attempts_twilio_sid", "twilio_sid", unique=True, postgresql_where=text("twilio_sid IS NOT NULL")
+        ),
+    )
+
+
+class StatusEvent(Base):
+    """Every status callback Twilio sent us, kept as received (append-only); applied_at NULL = not matched yet."""
+
+    __tablename__ = "status_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    message_sid: Mapped[str] = mapped_column(String(34))
+    message_status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)  # from our callback URL's query string
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_status_events_message_sid", "message_sid"),
+        Index("ix_status_events_unapplied", "id", postgresql_where=text("applied_at IS NULL")),
+    )
+
+
+class OptedOutNumber(Base):
+    """A number that must not be sent to (21610 from Twilio, or later a STOP reply)."""
+
+    __tablename__ = "opted_out_numbers"
+
+    phone_number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -144,11 +144,17 @@ class SendingResources:
             self.loop.close()
 
 
+# Twilio's connection overrides (the fragment is never sent, so it is not part of the signed URL): retry a
+# callback up to 5 times (the maximum) on any failure, so a 503 from our webhook (Redis down) is retried.
+STATUS_CALLBACK_OVERRIDES = "#rc=5&rp=all"
+
+
 def status_callback_url(public_base_url: str | None, message: ClaimedMessage) -> str | None:
     if not public_base_url:
         return None
     base = public_base_url.rstrip("/")
-    return f"{base}/webhooks/twilio/status?message_id={message.id}&attempt={message.attempts}"
+    query = f"message_id={message.id}&attempt={message.attempts}"
+    return f"{base}/webhooks/twilio/status?{query}{STATUS_CALLBACK_OVERRIDES}"
 
 
 def send_deadline(claimed_at: float, settings: Settings) -> float:

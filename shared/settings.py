@@ -29,15 +29,23 @@ def _env(name: str, help_text: str, **kwargs: Any) -> Any:
 
 @dataclass(frozen=True)
 class Settings:
-    database_url: str | None = _env("DATABASE_URL", "PostgreSQL URL; unset under `bulksms up`/tests: embedded", default=None)
-    redis_url: str | None = _env("REDIS_URL", "Redis URL (Celery broker, concurrency cap, callback queue)", default=None)
+    database_url: str | None = _env(
+        "DATABASE_URL", "PostgreSQL URL; unset under `bulksms up`/tests: embedded", default=None
+    )
+    redis_url: str | None = _env(
+        "REDIS_URL", "Redis URL (Celery broker, concurrency cap, callback queue)", default=None
+    )
     twilio_account_sid: str | None = _env("TWILIO_ACCOUNT_SID", "Twilio Account SID (AC...)", default=None)
-    twilio_auth_token: str | None = _env("TWILIO_AUTH_TOKEN", "Twilio Auth Token; also signs status callbacks", default=None)
+    twilio_auth_token: str | None = _env(
+        "TWILIO_AUTH_TOKEN", "Twilio Auth Token; also signs status callbacks", default=None
+    )
     twilio_messaging_service_sid: str | None = _env(
         "TWILIO_MESSAGING_SERVICE_SID", "Messaging Service SID (MG...) that picks the sender", default=None
     )
     twilio_api_base_url: str = _env(
-        "TWILIO_API_BASE_URL", "Where the workers send; any Twilio-compatible endpoint", default=TWILIO_DEFAULT_API_BASE_URL
+        "TWILIO_API_BASE_URL",
+        "Where the workers send; any Twilio-compatible endpoint",
+        default=TWILIO_DEFAULT_API_BASE_URL,
     )
     public_base_url: str | None = _env("PUBLIC_BASE_URL", "Public URL where Twilio reaches our webhooks", default=None)
     twilio_max_concurrency: int = _env(
@@ -64,10 +72,38 @@ class Settings:
         "SWEEPER_GRACE_SECONDS", "Pending recipients idle this long with an empty queue are re-enqueued", default=60
     )
     max_request_bytes: int = _env(
-        "MAX_REQUEST_BYTES", "Largest accepted request body (default fits 1,000,000 recipients)", default=64 * 1024 * 1024
+        "MAX_REQUEST_BYTES",
+        "Largest accepted request body (default fits 1,000,000 recipients)",
+        default=64 * 1024 * 1024,
     )
+    delivery_retry_error_codes: str = _env(
+        "DELIVERY_RETRY_ERROR_CODES",
+        "Carrier codes in a callback that earn a new attempt (comma-separated)",
+        default="30003,30008",
+    )
+    delivery_retry_max_attempts: int = _env(
+        "DELIVERY_RETRY_MAX_ATTEMPTS", "Attempts per recipient in all, the first send included", default=3
+    )
+    delivery_retry_base_seconds: float = _env(
+        "DELIVERY_RETRY_BASE_SECONDS",
+        "First delivery retry after about this long; x4 each time (1, 4, 16 min)",
+        default=60.0,
+    )
+    status_batch_size: int = _env("STATUS_BATCH_SIZE", "Status callbacks applied to PostgreSQL per batch", default=500)
+    status_batch_seconds: float = _env(
+        "STATUS_BATCH_SECONDS", "Longest wait to fill a batch of status callbacks", default=0.25
+    )
+    completion_idle_seconds: int = _env(
+        "COMPLETION_IDLE_SECONDS", "A submitted broadcast with no receipt for this long is completed", default=6 * 3600
+    )
+    trusted_proxy_count: int = _env(
+        "TRUSTED_PROXY_COUNT", "Proxies in front of the webhook whose X-Forwarded-* headers are trusted", default=0
+    )
+    webhook_port: int = _env("WEBHOOK_PORT", "Where the standalone webhook service listens", default=8001)
     port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
-    data_dir: str = _env("BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms")
+    data_dir: str = _env(
+        "BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms"
+    )
     log_level: str = _env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO")
 
     def require(self, *attribute_names: str) -> None:
@@ -80,6 +116,10 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    @property
+    def delivery_retry_codes(self) -> frozenset[int]:
+        return frozenset(int(code) for code in self.delivery_retry_error_codes.replace(" ", "").split(",") if code)
 
     @property
     def twilio_configured(self) -> bool:
@@ -123,9 +163,13 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
             base_type = target if target in (int, float, bool) else str
             kwargs[settings_field.name] = _convert(values[env_name], base_type, env_name)
     settings = Settings(**kwargs)
-    for name in ("twilio_max_concurrency", "send_chunk_size", "port", "max_request_bytes"):
+    for name in ("twilio_max_concurrency", "send_chunk_size", "port", "max_request_bytes", "status_batch_size"):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
+    try:
+        settings.delivery_retry_codes  # noqa: B018 - parsed here so a typo fails at start-up
+    except ValueError:
+        raise SettingsError("setting DELIVERY_RETRY_ERROR_CODES must be comma-separated numbers") from None
     return settings
 
 

@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -60,9 +61,8 @@ class StackOptions:
     worker_concurrency: int | None = None  # None: the worker's own default (worker/app.py)
     use_simulator: bool | None = None  # None: the simulator exactly when no Twilio credentials are configured
     simulator_latency_ms: int = 50
-    simulator_max_concurrency: int | None = (
-        None  # None: TWILIO_MAX_CONCURRENCY, so the simulator never says 20429
-    )
+    simulator_max_concurrency: int | None = None  # None: TWILIO_MAX_CONCURRENCY, so the simulator never says 20429
+    fresh: bool = False  # start from an empty data folder (the demo): delete what a previous run left there
     ready_timeout_seconds: float = 120.0
     stop_timeout_seconds: float = 20.0
 
@@ -183,9 +183,7 @@ def _ensure_database(server_url: str, database: str) -> None:
     engine = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as connection:
-            exists = connection.execute(
-                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}
-            )
+            exists = connection.execute(text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database})
             if exists.first() is None:
                 connection.execute(text(f'CREATE DATABASE "{database}"'))
     finally:
@@ -312,6 +310,8 @@ class LocalStack:
                 EXIT_CONFIGURATION_ERROR,
             )
         self._locked = True
+        if self.options.fresh:
+            self._empty_data_directory()
         settings = self.requested_settings
         if not self.uses_simulator:
             settings.require("twilio_account_sid", "twilio_auth_token", "twilio_messaging_service_sid")
@@ -340,6 +340,15 @@ class LocalStack:
         self._start_process("beat", self._beat_command(), environment)
         self._write_state()
         self._wait_until_ready()
+
+    def _empty_data_directory(self) -> None:
+        for entry in self.data_dir.iterdir():
+            if entry.name == LOCK_FILE_NAME:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def _start_database(self) -> str:
         configured = self.requested_settings.database_url
@@ -518,9 +527,7 @@ class LocalStack:
             ("PUBLIC_BASE_URL", str(self.settings.public_base_url)),
             (
                 "Twilio",
-                f"simulator at {self.simulator_url}"
-                if self.simulator_url
-                else self.settings.twilio_api_base_url,
+                f"simulator at {self.simulator_url}" if self.simulator_url else self.settings.twilio_api_base_url,
             ),
             ("PostgreSQL", mask_url(str(self.settings.database_url))),
             ("Redis", mask_url(str(self.settings.redis_url))),
@@ -530,9 +537,7 @@ class LocalStack:
 
     def stop(self) -> None:
         """Stop everything started, newest first; safe to call more than once and after a failed start."""
-        previous = {
-            number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGINT, signal.SIGTERM)}
         try:
             for process in reversed(self.processes):
                 if process.running:

@@ -19,9 +19,11 @@ from shared.settings import Settings
 
 SEND_QUEUE = "sms.send"
 MAINTENANCE_QUEUE = "sms.maintenance"
+STATUS_QUEUE = "sms.status"  # applying Twilio status callbacks (shared.status_events)
 
 SEND_CHUNK_TASK = "sms.send_chunk"
 SWEEP_TASK = "sms.sweep"
+APPLY_STATUS_EVENTS_TASK = "sms.apply_status_events"
 
 # Longer than the longest retry backoff and than any chunk can take, so Redis never hands a task that is
 # still running to a second worker; a worker that died is covered sooner by the sweeper (see shared.sweeper).
@@ -32,9 +34,13 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
     settings.require("redis_url")
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
     app.conf.update(
-        task_queues=(Queue(SEND_QUEUE), Queue(MAINTENANCE_QUEUE)),
+        task_queues=(Queue(SEND_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(STATUS_QUEUE)),
         task_default_queue=SEND_QUEUE,
-        task_routes={SEND_CHUNK_TASK: {"queue": SEND_QUEUE}, SWEEP_TASK: {"queue": MAINTENANCE_QUEUE}},
+        task_routes={
+            SEND_CHUNK_TASK: {"queue": SEND_QUEUE},
+            SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
+            APPLY_STATUS_EVENTS_TASK: {"queue": STATUS_QUEUE},
+        },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
@@ -65,6 +71,13 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
                 "task": SWEEP_TASK,
                 "schedule": settings.sweeper_interval_seconds,
                 "options": {"expires": 60},
+            },
+            # Each run drains the callback stream for a few seconds under one of a few consumer slots; runs
+            # that find every slot taken return at once, and `expires` drops runs queued behind a long drain.
+            "apply-status-events": {
+                "task": APPLY_STATUS_EVENTS_TASK,
+                "schedule": 1.0,
+                "options": {"queue": STATUS_QUEUE, "expires": 5},
             },
         },
     )

@@ -31,7 +31,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 TEST_ACCOUNT_SID = "AC" + "a1" * 16
 TEST_AUTH_TOKEN = "test-auth-token-0123456789abcdef"
 TEST_MESSAGING_SERVICE_SID = "MG" + "b2" * 16
-TABLES_TO_EMPTY = ("messages", "broadcasts", "api_keys")
+TABLES_TO_EMPTY = ("messages", "broadcasts", "api_keys", "status_events", "message_attempts", "opted_out_numbers")
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -221,7 +221,7 @@ class WorkerProcesses:
             name,
             [
                 sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-                "--queues", "sms.send,sms.maintenance",
+                "--queues", "sms.send,sms.maintenance,sms.status",
                 "--concurrency", str(concurrency),
                 "--hostname", f"{name}-{os.getpid()}-{time.monotonic_ns()}@%h",
                 "--loglevel", "INFO",

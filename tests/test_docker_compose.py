@@ -44,9 +44,7 @@ def module_assigns(module_name: str, attribute: str) -> bool:
             targets = [node.target]
         if any(isinstance(target, ast.Name) and target.id == attribute for target in targets):
             return True
-        if isinstance(node, ast.ImportFrom) and any(
-            (alias.asname or alias.name) == attribute for alias in node.names
-        ):
+        if isinstance(node, ast.ImportFrom) and any((alias.asname or alias.name) == attribute for alias in node.names):
             return True
     return False
 
@@ -132,13 +130,9 @@ def test_depends_on_conditions_can_be_met() -> None:
             assert dependency in SERVICES, f"{name} depends on unknown service {dependency}"
             condition = requirement["condition"]
             if condition == "service_healthy":
-                assert "healthcheck" in SERVICES[dependency], (
-                    f"{name} waits for {dependency}, which has no healthcheck"
-                )
+                assert "healthcheck" in SERVICES[dependency], f"{name} waits for {dependency}, which has no healthcheck"
             elif condition == "service_completed_successfully":
-                assert SERVICES[dependency].get("restart") == "no", (
-                    f"{dependency} is one-shot, must not restart"
-                )
+                assert SERVICES[dependency].get("restart") == "no", f"{dependency} is one-shot, must not restart"
             else:
                 pytest.fail(f"{name}: unexpected condition {condition}")
             checked += 1

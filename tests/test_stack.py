@@ -58,9 +58,7 @@ def stack_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
         environment["DATABASE_URL"] = url.render_as_string(hide_password=False)
     if configured.redis_url:
         parts = urlsplit(configured.redis_url)
-        environment["REDIS_URL"] = urlunsplit(
-            (parts.scheme, parts.netloc, "/14", parts.query, parts.fragment)
-        )
+        environment["REDIS_URL"] = urlunsplit((parts.scheme, parts.netloc, "/14", parts.query, parts.fragment))
         redis.Redis.from_url(environment["REDIS_URL"]).flushdb()
     yield environment
     if admin_engine is not None:
@@ -142,9 +140,7 @@ def running_stack(stack_environment: dict[str, str], tmp_path: Path) -> Iterator
 
 
 @pytest.mark.e2e
-def test_up_serves_a_broadcast_then_stops_everything_on_ctrl_c(
-    running_stack: RunningStack, tmp_path: Path
-) -> None:
+def test_up_serves_a_broadcast_then_stops_everything_on_ctrl_c(running_stack: RunningStack, tmp_path: Path) -> None:
     wait_until(running_stack.ready, timeout_seconds=180, interval=0.5, message="bulksms up to be ready")
     output = running_stack.output()
     assert running_stack.api_url in output and "simulator" in output
@@ -178,9 +174,7 @@ def test_up_serves_a_broadcast_then_stops_everything_on_ctrl_c(
     broadcast_id = response.json()["id"]
 
     def submitted() -> dict[str, Any] | None:
-        view = requests.get(
-            f"{running_stack.api_url}/v1/broadcasts/{broadcast_id}", headers=headers, timeout=10
-        )
+        view = requests.get(f"{running_stack.api_url}/v1/broadcasts/{broadcast_id}", headers=headers, timeout=10)
         view.raise_for_status()
         body = dict(view.json())
         return body if body["status"] == "submitted" else None
@@ -248,9 +242,7 @@ def test_revoking_an_unknown_key_fails_clearly(tmp_path: Path) -> None:
     environment["BULKSMS_DATA_DIR"] = str(tmp_path / "data")
     commands = [bulksms("migrate"), bulksms("keys", "revoke", "424242")]
     results = [
-        subprocess.run(
-            command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False
-        )
+        subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
         for command in commands
     ]
     assert results[0].returncode == 0, results[0].stderr

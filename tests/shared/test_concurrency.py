@@ -73,9 +73,7 @@ def _hold_slots_forever(redis_url: str, limit: int, lease_seconds: float, ready:
     run_with_limiter(redis_url, limit, lease_seconds, body)
 
 
-def test_the_cap_is_never_exceeded_by_several_processes_competing(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
+def test_the_cap_is_never_exceeded_by_several_processes_competing(redis_url: str, redis_client: redis.Redis) -> None:
     limit = 7
     context = multiprocessing.get_context("spawn")
     processes = [context.Process(target=_hammer, args=(redis_url, limit, 25, seed)) for seed in range(4)]
@@ -90,9 +88,7 @@ def test_the_cap_is_never_exceeded_by_several_processes_competing(
     assert redis_client.zcard(KEY) == 0  # every slot given back
 
 
-def test_slots_of_a_killed_process_free_themselves_after_the_lease(
-    redis_url: str, redis_client: redis.Redis
-) -> None:
+def test_slots_of_a_killed_process_free_themselves_after_the_lease(redis_url: str, redis_client: redis.Redis) -> None:
     context = multiprocessing.get_context("spawn")
     ready = context.Event()
     holder = context.Process(target=_hold_slots_forever, args=(redis_url, 3, 1.0, ready))

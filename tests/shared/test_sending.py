@@ -61,9 +61,12 @@ def test_a_claim_waiting_on_an_uncommitted_one_gets_nothing(db_session: Session,
     try:
         held = claim_pending_messages(first, broadcast.id, 0, lease_seconds=60)  # not committed yet
         second: list[list[ClaimedMessage]] = []
-        waiter = threading.Thread(
-            target=lambda: second.append(claim_pending_messages(factory(), broadcast.id, 0, lease_seconds=60))
-        )
+
+        def claim_again() -> None:
+            with session_scope(factory) as session:
+                second.append(claim_pending_messages(session, broadcast.id, 0, lease_seconds=60))
+
+        waiter = threading.Thread(target=claim_again)
         waiter.start()
         waiter.join(timeout=0.5)
         assert waiter.is_alive()  # blocked on the first claim's row locks

@@ -71,9 +71,7 @@ def test_a_malformed_value_names_its_variable(variable: str, value: str) -> None
         load_settings(environ={variable: value}, dotenv_path=None)
 
 
-@pytest.mark.parametrize(
-    "variable", ["TWILIO_MAX_CONCURRENCY", "SEND_CHUNK_SIZE", "PORT", "MAX_REQUEST_BYTES"]
-)
+@pytest.mark.parametrize("variable", ["TWILIO_MAX_CONCURRENCY", "SEND_CHUNK_SIZE", "PORT", "MAX_REQUEST_BYTES"])
 def test_counts_must_be_positive(variable: str) -> None:
     with pytest.raises(SettingsError, match=f"{variable} must be a positive number"):
         load_settings(environ={variable: "0"}, dotenv_path=None)
@@ -171,6 +169,4 @@ def test_bulksms_up_with_part_of_the_twilio_credentials_names_the_rest(tmp_path:
     )
     assert result.returncode == 2, result.stdout + result.stderr
     assert "TWILIO_AUTH_TOKEN" in result.stderr and "TWILIO_MESSAGING_SERVICE_SID" in result.stderr
-    assert not (tmp_path / "data" / "postgres").exists(), (
-        "nothing should start before the settings are checked"
-    )
+    assert not (tmp_path / "data" / "postgres").exists(), "nothing should start before the settings are checked"

@@ -79,9 +79,7 @@ def test_a_500_is_ambiguous_never_retryable(settings: Settings, simulator: Any) 
     assert "500" in outcome.reason
 
 
-def test_no_answer_within_the_timeout_is_ambiguous_and_the_timeout_holds(
-    settings: Settings, simulator: Any
-) -> None:
+def test_no_answer_within_the_timeout_is_ambiguous_and_the_timeout_holds(settings: Settings, simulator: Any) -> None:
     started = time.monotonic()
     outcome = send(settings.replace(twilio_request_timeout_seconds=0.5), "+150055500201234")  # answers after slow_ms
     elapsed = time.monotonic() - started

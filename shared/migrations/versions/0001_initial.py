@@ -78,9 +78,7 @@ def upgrade() -> None:
         sa.Column("sent_at", sa.DateTime(timezone=True)),
         sa.Column("updated_at", sa.DateTime(timezone=True), server_default=sa.func.now(), nullable=False),
     )
-    op.create_index(
-        "ix_messages_broadcast_state_chunk_id", "messages", ["broadcast_id", "state", "chunk_number", "id"]
-    )
+    op.create_index("ix_messages_broadcast_state_chunk_id", "messages", ["broadcast_id", "state", "chunk_number", "id"])
     op.create_index("ix_messages_broadcast_id_id", "messages", ["broadcast_id", "id"])
     op.create_index(
         "ix_messages_needs_reconciliation",
