@@ -215,9 +215,7 @@ class SlotPool:
             try:
                 await self.limiter.release(tokens)
             except RedisError:
-                logger.warning(
-                    "could not release %d concurrency slots; their leases will expire", len(tokens)
-                )
+                logger.warning("could not release %d concurrency slots; their leases will expire", len(tokens))
 
     def _waiting(self) -> int:
         return sum(1 for waiter in self._waiters if not waiter.done())

@@ -69,9 +69,7 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(
-            max_attempts=max(settings.send_retry_max_attempts, 1), max_seconds=settings.send_retry_max_seconds
-        )
+        return cls(max_attempts=max(settings.send_retry_max_attempts, 1), max_seconds=settings.send_retry_max_seconds)
 
 
 @dataclass

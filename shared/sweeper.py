@@ -88,19 +88,13 @@ def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_secon
         ).scalars()
         chunk_numbers = list(chunks)
         enqueue_chunks(app, broadcast_id, chunk_numbers)
-        session.execute(
-            text("UPDATE broadcasts SET enqueued_at = now() WHERE id = :id"), {"id": broadcast_id}
-        )
-        logger.warning(
-            "broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(chunk_numbers)
-        )
+        session.execute(text("UPDATE broadcasts SET enqueued_at = now() WHERE id = :id"), {"id": broadcast_id})
+        logger.warning("broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(chunk_numbers))
         count += 1
     return count
 
 
-def idle_pending_chunks(
-    session: Session, idle_seconds: float, limit: int = 20_000
-) -> list[tuple[uuid.UUID, int]]:
+def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_000) -> list[tuple[uuid.UUID, int]]:
     """(broadcast, chunk) pairs with `pending` rows untouched for `idle_seconds`, of enqueued broadcasts."""
     rows = session.execute(
         text(
@@ -158,9 +152,7 @@ def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) ->
 Candidates = list[tuple[str, str | None]]  # (sid, status) of Twilio messages that could be a suspect's
 
 
-async def _look_up(
-    resources: SendingResources, suspects: list[_Suspect]
-) -> dict[int, Candidates | TwilioLookupError]:
+async def _look_up(resources: SendingResources, suspects: list[_Suspect]) -> dict[int, Candidates | TwilioLookupError]:
     """For each suspect: the messages Twilio has that could be it (maybe none), or the lookup's error."""
     lease = timedelta(seconds=resources.settings.claim_lease_seconds)
     gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
@@ -265,9 +257,7 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     requeue: list[tuple[uuid.UUID, int]] = []
     for broadcast_id, (found, released) in per_broadcast.items():
         with session_scope(resources.session_factory) as session:
-            accepted_count, released_count, submitted = _apply_reconciliation(
-                session, broadcast_id, found, released
-            )
+            accepted_count, released_count, submitted = _apply_reconciliation(session, broadcast_id, found, released)
         report.reconciled_accepted += accepted_count
         report.reconciled_pending += released_count
         report.broadcasts_submitted += int(submitted)

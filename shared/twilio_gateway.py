@@ -150,11 +150,7 @@ class TwilioGateway:
     @classmethod
     async def open(cls, settings: Settings) -> TwilioGateway:
         settings.require("twilio_account_sid", "twilio_auth_token", "twilio_messaging_service_sid")
-        assert (
-            settings.twilio_account_sid
-            and settings.twilio_auth_token
-            and settings.twilio_messaging_service_sid
-        )
+        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_messaging_service_sid
         return cls(
             settings.twilio_account_sid,
             settings.twilio_auth_token,

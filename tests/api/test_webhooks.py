@@ -1,0 +1,249 @@
+"""The status webhook: Twilio's signature checked against the URL Twilio called, then one event queued in Redis."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+from twilio.request_validator import RequestValidator
+
+from api.webhook_app import create_webhook_app
+from shared.local_services import find_free_port
+from shared.settings import Settings
+from shared.status_queue import STREAM_KEY, StatusStreamConsumer, ensure_consumer_group
+from tests.api.conftest import build_app
+from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature
+
+TOKEN = "test-auth-token-0123456789abcdef"
+QUERY = "message_id=42&attempt=2"
+
+# twilio-python's public test vectors (docs: /work/shared/twilio/README.md).
+VECTOR_TOKEN = "12345"
+VECTOR_URL = "https://mycompany.com/myapp.php?foo=1&bar=2"
+VECTOR_PARAMETERS = {
+    "CallSid": "CA1234567890ABCDE",
+    "Digits": "1234",
+    "From": "+14158675309",
+    "To": "+18005551212",
+    "Caller": "+14158675309",
+}
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (VECTOR_URL, "RSOYDt4T1cUTdK1PDd93/VVr8B8="),
+        ("https://mycompany.com:443/myapp.php?foo=1&bar=2", "kvajT1Ptam85bY51eRf/AJRuM3w="),
+        ("http://mycompany.com:1234/myapp.php?foo=1&bar=2", "Zmvh+3yNM1Phv2jhDCwEM3q5ebU="),
+    ],
+)
+def test_public_vectors_for_our_signer_and_twilios_validator(url: str, expected: str) -> None:
+    assert twilio_signature(VECTOR_TOKEN, url, VECTOR_PARAMETERS) == expected
+    assert RequestValidator(VECTOR_TOKEN).validate(url, VECTOR_PARAMETERS, expected)
+
+
+def test_validator_accepts_the_vector_with_or_without_the_default_port() -> None:
+    validator = RequestValidator(VECTOR_TOKEN)
+    assert validator.validate("https://mycompany.com:443/myapp.php?foo=1&bar=2", VECTOR_PARAMETERS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+    assert validator.validate(VECTOR_URL, VECTOR_PARAMETERS, "kvajT1Ptam85bY51eRf/AJRuM3w=")
+
+
+def webhook_settings(settings: Settings, **changes: Any) -> Settings:
+    values: dict[str, Any] = {"twilio_auth_token": TOKEN, "public_base_url": None, "trusted_proxy_count": 0}
+    values.update(changes)
+    return settings.replace(**values)
+
+
+def make_client(settings: Settings) -> FlaskClient:
+    app = create_webhook_app(settings)
+    app.config["TESTING"] = True
+    return app.test_client()
+
+
+@pytest.fixture
+def stream(redis_client: redis.Redis) -> redis.Redis:
+    """The test Redis (flushed before each test), where the webhook queues."""
+    return redis_client
+
+
+def post_callback(
+    client: FlaskClient,
+    signed_url: str,
+    parameters: dict[str, str],
+    *,
+    base_url: str,
+    query: str = QUERY,
+    headers: dict[str, str] | None = None,
+    token: str = TOKEN,
+    signature: str | None = None,
+) -> Any:
+    all_headers = {"X-Twilio-Signature": signature or twilio_signature(token, signed_url, parameters)}
+    all_headers.update(headers or {})
+    return client.post(f"{CALLBACK_PATH}?{query}", data=parameters, base_url=base_url, headers=all_headers)
+
+
+def queued_entries(client: redis.Redis) -> list[dict[bytes, bytes]]:
+    return [fields for _id, fields in client.xrange(STREAM_KEY)]
+
+
+def test_signed_callback_is_queued_with_its_ids_and_answered_204(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
+    sid = new_sid()
+    parameters = callback_parameters(sid, "delivered")
+    response = post_callback(
+        client, f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://127.0.0.1:8001"
+    )
+    assert response.status_code == 204, response.get_data(as_text=True)
+    (entry,) = queued_entries(stream)
+    assert json.loads(entry[b"p"]) == parameters
+    assert (entry[b"m"], entry[b"a"]) == (b"42", b"2")
+    # A consumer reads it back intact.
+    ensure_consumer_group(stream)
+    (callback,) = StatusStreamConsumer(stream, "test").read_batch(10, 0.1)
+    assert callback.parameters["MessageSid"] == sid and callback.message_id == "42" and callback.attempt == "2"
+
+
+@pytest.mark.parametrize("signature", [None, "", "RSOYDt4T1cUTdK1PDd93/VVr8B8=", "forged"])
+def test_missing_or_wrong_signature_is_refused_and_nothing_queued(
+    settings: Settings, stream: redis.Redis, signature: str | None
+) -> None:
+    client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
+    headers = {} if signature is None else {"X-Twilio-Signature": signature}
+    response = client.post(
+        f"{CALLBACK_PATH}?{QUERY}", data=callback_parameters(new_sid(), "sent"), headers=headers
+    )
+    assert response.status_code == 403
+    assert response.content_type == "application/problem+json"
+    assert stream.exists(STREAM_KEY) == 0
+
+
+def test_signature_over_other_parameters_or_another_query_is_refused(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
+    url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    parameters = callback_parameters(new_sid(), "sent")
+    signature = twilio_signature(TOKEN, url, parameters)
+    tampered = {**parameters, "MessageStatus": "delivered"}
+    assert post_callback(client, url, tampered, base_url="http://x", signature=signature).status_code == 403
+    other_query = "message_id=43&attempt=2"
+    assert (
+        post_callback(client, url, parameters, base_url="http://x", query=other_query, signature=signature).status_code
+        == 403
+    )
+    assert post_callback(client, url, parameters, base_url="http://x", token="another-token").status_code == 403
+    assert stream.exists(STREAM_KEY) == 0
+
+
+@pytest.mark.parametrize("missing", ["MessageSid", "MessageStatus"])
+def test_missing_sid_or_status_is_400_and_nothing_queued(
+    settings: Settings, stream: redis.Redis, missing: str
+) -> None:
+    client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
+    parameters = callback_parameters(new_sid(), "sent")
+    del parameters[missing]
+    response = post_callback(
+        client, f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://x"
+    )
+    assert response.status_code == 400
+    assert missing in response.get_json()["errors"]
+    assert stream.exists(STREAM_KEY) == 0
+
+
+@pytest.mark.parametrize(
+    ("public_base_url", "signed_base"),
+    [
+        ("http://sms.example.com:8080", "http://sms.example.com:8080"),  # a non-default port, signed as called
+        ("https://sms.example.com", "https://sms.example.com:443"),  # Twilio signed with the default port
+        ("https://sms.example.com:443", "https://sms.example.com"),  # ... or without it
+        ("https://sms.example.com/prefix/", "https://sms.example.com/prefix"),  # mounted under a path
+    ],
+)
+def test_url_with_port_and_query_string(
+    settings: Settings, stream: redis.Redis, public_base_url: str, signed_base: str
+) -> None:
+    client = make_client(webhook_settings(settings, public_base_url=public_base_url))
+    parameters = callback_parameters(new_sid(), "sent")
+    response = post_callback(client, f"{signed_base}{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://127.0.0.1")
+    assert response.status_code == 204
+    assert len(queued_entries(stream)) == 1
+
+
+def test_without_public_base_url_the_request_url_is_used_port_included(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings))
+    parameters = callback_parameters(new_sid(), "sent")
+    signed = f"http://hooks.example.com:5000{CALLBACK_PATH}?{QUERY}"
+    assert post_callback(client, signed, parameters, base_url="http://hooks.example.com:5000").status_code == 204
+    assert post_callback(client, signed, parameters, base_url="http://hooks.example.com:5001").status_code == 403
+
+
+FORWARDED = {"X-Forwarded-Proto": "https", "X-Forwarded-Host": "sms.example.com", "X-Forwarded-For": "203.0.113.7"}
+
+
+def test_behind_a_trusted_tls_proxy_the_forwarded_url_is_validated(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings, trusted_proxy_count=1))
+    parameters = callback_parameters(new_sid(), "sent")
+    signed = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    response = post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=FORWARDED)
+    assert response.status_code == 204
+    assert len(queued_entries(stream)) == 1
+
+
+def test_forwarded_headers_are_ignored_without_trusted_proxies(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings, trusted_proxy_count=0))
+    parameters = callback_parameters(new_sid(), "sent")
+    signed = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    response = post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=FORWARDED)
+    assert response.status_code == 403
+    # An attacker's forged headers cannot make a signature over their own URL pass either.
+    signed_by_attacker_url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    assert post_callback(
+        client, signed_by_attacker_url, parameters, base_url="http://10.0.0.5:8001", headers=FORWARDED
+    ).status_code == 403
+    assert stream.exists(STREAM_KEY) == 0
+
+
+def test_public_base_url_is_the_authority_behind_a_proxy(settings: Settings, stream: redis.Redis) -> None:
+    """The app sees plain http on an internal address; PUBLIC_BASE_URL names what Twilio called."""
+    for proxies in (0, 1):
+        client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com", trusted_proxy_count=proxies))
+        parameters = callback_parameters(new_sid(), "sent")
+        signed = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+        headers = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "evil.example.net"}
+        assert post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=headers).status_code == 204
+    assert len(queued_entries(stream)) == 2
+
+
+def test_redis_down_answers_503_so_twilio_retries(settings: Settings) -> None:
+    dead_redis = f"redis://127.0.0.1:{find_free_port()}/0"
+    client = make_client(webhook_settings(settings, redis_url=dead_redis, public_base_url="https://sms.example.com"))
+    parameters = callback_parameters(new_sid(), "sent")
+    response = post_callback(client, f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://x")
+    assert response.status_code == 503
+    assert response.content_type == "application/problem+json"
+    assert client.get("/readyz").status_code == 503
+    assert client.get("/healthz").status_code == 200
+
+
+def test_webhook_service_health_and_readiness(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings))
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    assert client.get("/readyz").get_json()["status"] == "ready"
+    assert client.post("/v1/broadcasts", json={}).status_code == 404  # only the webhook here
+
+
+@pytest.fixture
+def main_app(settings: Settings, engine: Any, redis_client: Any) -> Iterator[Flask]:
+    yield from build_app(webhook_settings(settings, public_base_url="https://sms.example.com"))
+
+
+def test_main_api_serves_the_webhook_too(main_app: Flask, stream: redis.Redis) -> None:
+    parameters = callback_parameters(new_sid(), "queued")
+    response = post_callback(
+        main_app.test_client(), f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://x"
+    )
+    assert response.status_code == 204
+    assert len(queued_entries(stream)) == 1
