@@ -31,9 +31,10 @@ from shared.broadcasts import (
     get_broadcast,
     list_broadcasts,
     list_messages,
-    message_state_counts,
 )
+from shared.completion import completion_reason
 from shared.models import Broadcast
+from shared.progress import broadcast_progress
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,16 @@ def create() -> tuple[Response, int, dict[str, str]]:
     api_key = require_api_key()
     broadcast_request = broadcast_request_schema.load(_json_body())
     idempotency_key = _idempotency_key()
+    if broadcast_request.callback_url is not None and not api_key.signing_secret:
+        # The completion callback is signed with the key's signing secret; a key created before signing
+        # secrets existed has none, and one made up now could never reach the client.
+        raise ApiProblem(
+            422,
+            "This API key has no signing secret, so a completion callback could not be signed. "
+            "Ask the operator for a new key (`bulksms keys create`), or leave out `callback_url`.",
+            problem="validation",
+            errors={"callback_url": ["The API key has no signing secret."]},
+        )
     parsed = time.perf_counter()
     # Refuse before storing anything when the broker is down: a 202 must mean "stored and on its way".
     services().redis_client.ping()
@@ -167,9 +178,12 @@ def _own_broadcast(broadcast_id: uuid.UUID) -> Broadcast:
 @blueprint.get("/<uuid:broadcast_id>")
 def show_broadcast(broadcast_id: uuid.UUID) -> Response:
     broadcast = _own_broadcast(broadcast_id)
-    counts = message_state_counts(db_session(), broadcast.id)
+    progress = broadcast_progress(db_session(), broadcast.id)
     body = broadcast_detail_schema.dump(broadcast)
-    body["messages"] = {"total": sum(counts.values()), **counts}
+    body["messages"] = {"total": progress.total, **progress.counts}
+    body["progress"] = progress.summary()
+    body["error_codes"] = progress.error_code_list()
+    body["completion"] = completion_reason(broadcast.status, progress.awaiting_receipt)
     body["links"] = _links(broadcast)
     return jsonify(body)
 

@@ -11,6 +11,7 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, post_load, validate, validates
 
 from shared.broadcasts import MAX_MESSAGE_CHARACTERS, MAX_RECIPIENTS, ON_INVALID_CHOICES, BroadcastRequest
+from shared.completion import callback_url_problem
 from shared.models import MessageState
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
@@ -44,6 +45,13 @@ class BroadcastRequestSchema(Schema):
     )
     recipients = RecipientList(required=True)
     on_invalid = fields.String(load_default="reject", validate=validate.OneOf(ON_INVALID_CHOICES))
+    callback_url = fields.String(load_default=None)
+
+    @validates("callback_url")
+    def _callback_url_is_https(self, value: str | None, **_kwargs: Any) -> None:
+        problem = callback_url_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValidationError(problem)
 
     @validates("message")
     def _no_nul_characters(self, value: str, **_kwargs: Any) -> None:
@@ -52,7 +60,7 @@ class BroadcastRequestSchema(Schema):
 
     @post_load
     def _to_request(self, data: dict[str, Any], **_kwargs: Any) -> BroadcastRequest:
-        return BroadcastRequest(data["message"], data["recipients"], data["on_invalid"])
+        return BroadcastRequest(data["message"], data["recipients"], data["on_invalid"], data["callback_url"])
 
 
 class MessagesQuerySchema(Schema):
@@ -111,6 +119,11 @@ class BroadcastDetailSchema(BroadcastSchema):
     first_send_at = fields.AwareDateTime()
     last_send_at = fields.AwareDateTime()
     submitted_at = fields.AwareDateTime()
+    last_receipt_at = fields.AwareDateTime()
+    completed_at = fields.AwareDateTime()
+    callback_url = fields.String()
+    callback_sent_at = fields.AwareDateTime()
+    callback_attempts = fields.Integer()
 
 
 class MessageSchema(Schema):

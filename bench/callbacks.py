@@ -261,7 +261,7 @@ def main() -> None:
         processes.append(
             ManagedProcess(
                 "status-worker",
-                [sys.executable, "-m", "celery", "-A", "worker.status_tasks", "worker", "--queues", "sms.status",
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "sms.status",
                  "--concurrency", str(arguments.consumer_processes), "--loglevel", "WARNING",
                  "--without-mingle", "--without-gossip"],
                 environment,
@@ -272,7 +272,7 @@ def main() -> None:
         processes.append(
             ManagedProcess(
                 "beat",
-                [sys.executable, "-m", "celery", "-A", "worker.status_tasks", "beat", "--schedule",
+                [sys.executable, "-m", "celery", "-A", "worker.app", "beat", "--schedule",
                  str(work_directory / "beat-schedule"), "--loglevel", "WARNING"],
                 environment,
                 log_path=REPOSITORY_ROOT / ".bulksms" / "bench-logs" / "beat.log",

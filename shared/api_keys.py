@@ -20,6 +20,7 @@ from shared.models import ApiKey
 KEY_SCHEME = "bsk"
 PREFIX_LENGTH = 8  # hex characters: found in clear in the database, never enough to authenticate
 SECRET_BYTES = 32  # 43 url-safe characters
+SIGNING_SECRET_BYTES = 32  # 64 hex characters (HMAC-SHA256 key of the completion callbacks)
 # Compared against when no key has the presented prefix: an unknown prefix costs the same comparison.
 _NO_SUCH_KEY_DIGEST = "0" * 64
 
@@ -40,13 +41,19 @@ def _split_key(presented: str) -> tuple[str, str] | None:
 
 
 def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
-    """Create and commit a key named `name`; return it with its plaintext, which is not stored anywhere."""
+    """Create and commit a key named `name`; return it with its plaintext, which is not stored anywhere.
+
+    The key also gets a `signing_secret` (returned on the ApiKey): completion callbacks are signed with it, so it
+    is stored in clear and handed to the client once, with the key.
+    """
     while True:
         prefix = secrets.token_hex(PREFIX_LENGTH // 2)
         if session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is None:
             break
     plaintext = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
-    api_key = ApiKey(name=name, prefix=prefix, secret_hash=_digest(plaintext))
+    api_key = ApiKey(
+        name=name, prefix=prefix, secret_hash=_digest(plaintext), signing_secret=secrets.token_hex(SIGNING_SECRET_BYTES)
+    )
     session.add(api_key)
     session.commit()
     return api_key, plaintext

@@ -72,11 +72,19 @@ class BroadcastRequest:
     message: str
     recipients: Sequence[Any]
     on_invalid: str = "reject"
+    callback_url: str | None = None  # receives the signed completion summary (shared.completion)
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical request: what an Idempotency-Key is compared against."""
+        canonical_fields: dict[str, Any] = {
+            "message": self.message,
+            "on_invalid": self.on_invalid,
+            "recipients": list(self.recipients),
+        }
+        if self.callback_url is not None:  # absent otherwise, so older broadcasts keep their fingerprints
+            canonical_fields["callback_url"] = self.callback_url
         canonical = json.dumps(
-            {"message": self.message, "on_invalid": self.on_invalid, "recipients": list(self.recipients)},
+            canonical_fields,
             sort_keys=True,
             separators=(",", ":"),
             ensure_ascii=False,
@@ -204,6 +212,7 @@ def create_broadcast(
             chunk_count=chunk_count,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
+            callback_url=request.callback_url,
         )
         # A concurrent request with the same Idempotency-Key waits here for the other transaction to finish.
         .on_conflict_do_nothing(

@@ -362,10 +362,14 @@ def keys_create(name: str) -> None:
 
     with database_session(load_settings()) as session:
         api_key, plaintext = create_api_key(session, name)
-        key_id = api_key.id
+        key_id, signing_secret = api_key.id, api_key.signing_secret
     console.print(f"created API key {key_id} ({name}):")
     click.echo(plaintext)
-    console.print("[yellow]Store it now: it will not be shown again.[/] Send it as `Authorization: Bearer <key>`.")
+    console.print("signing secret (verifies the X-Bulksms-Signature of completion callbacks):")
+    click.echo(signing_secret)
+    console.print(
+        "[yellow]Store both now: they will not be shown again.[/] Send the key as `Authorization: Bearer <key>`."
+    )
 
 
 @keys.command("list")

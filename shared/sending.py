@@ -241,6 +241,7 @@ def record_send_outcomes(
                 "twilio_status = v.twilio_status, error_code = v.error_code, "
                 "error_message = v.error_message, "
                 "sent_at = CASE WHEN v.state = :accepted THEN now() ELSE m.sent_at END, "
+                "final_at = CASE WHEN v.state = :failed THEN now() ELSE m.final_at END, "
                 "claimed_until = CASE WHEN v.state = :pending THEN NULL ELSE m.claimed_until END, "
                 "updated_at = now() "
                 "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:states AS text[]), "
@@ -258,12 +259,40 @@ def record_send_outcomes(
                 "error_codes": columns[5],
                 "error_messages": columns[6],
                 "accepted": MessageState.ACCEPTED,
+                "failed": MessageState.FAILED,
                 "pending": MessageState.PENDING,
                 "sending": MessageState.SENDING,
             },
         ).rowcount  # type: ignore[attr-defined]
+        record_opted_out_numbers(session, results)
     mark_broadcast_submitted_if_finished(session, broadcast_id)
     return int(written)
+
+
+# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
+OPTED_OUT_SEND_ERROR_CODE = 21610
+OPT_OUT_SOURCE_SEND = "send_21610"
+
+
+def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> int:
+    """Add the numbers Twilio refused with 21610 to `opted_out_numbers` (already there: left as is)."""
+    numbers = sorted(
+        {
+            message.to_number
+            for message, outcome in results
+            if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
+        }
+    )
+    if not numbers:
+        return 0
+    inserted = session.execute(
+        text(
+            "INSERT INTO opted_out_numbers (phone_number, source, reason) "
+            "SELECT unnest(CAST(:numbers AS text[])), :source, :reason ON CONFLICT DO NOTHING"
+        ),
+        {"numbers": numbers, "source": OPT_OUT_SOURCE_SEND, "reason": "Twilio refused the send with error 21610"},
+    ).rowcount  # type: ignore[attr-defined]
+    return int(inserted)
 
 
 def mark_broadcast_submitted_if_finished(session: Session, broadcast_id: uuid.UUID) -> bool:

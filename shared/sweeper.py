@@ -98,10 +98,12 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
     """(broadcast, chunk) pairs with `pending` rows untouched for `idle_seconds`, of enqueued broadcasts."""
     rows = session.execute(
         text(
+            # Driven from the unfinished broadcasts (a small partial index) so each lookup of pending rows is
+            # an index range on (broadcast_id, 'pending'), never a scan of every message ever sent.
             "SELECT m.broadcast_id, m.chunk_number "
-            "FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id "
-            "WHERE m.state = :pending AND m.updated_at < now() - make_interval(secs => :idle) "
-            "AND b.enqueued_at IS NOT NULL "
+            "FROM broadcasts b JOIN messages m ON m.broadcast_id = b.id AND m.state = :pending "
+            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL "
+            "AND m.updated_at < now() - make_interval(secs => :idle) "
             "GROUP BY m.broadcast_id, m.chunk_number ORDER BY m.broadcast_id, m.chunk_number LIMIT :limit"
         ),
         {"pending": MessageState.PENDING, "idle": float(idle_seconds), "limit": limit},

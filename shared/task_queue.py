@@ -24,6 +24,9 @@ STATUS_QUEUE = "sms.status"  # applying Twilio status callbacks (shared.status_e
 SEND_CHUNK_TASK = "sms.send_chunk"
 SWEEP_TASK = "sms.sweep"
 APPLY_STATUS_EVENTS_TASK = "sms.apply_status_events"
+RELEASE_DUE_RETRIES_TASK = "sms.release_due_retries"  # shared.delivery_retries
+COMPLETE_BROADCASTS_TASK = "sms.complete_broadcasts"  # shared.completion
+NOTIFY_COMPLETION_TASK = "sms.notify_completion"  # the signed POST to a broadcast's callback_url
 
 # Longer than the longest retry backoff and than any chunk can take, so Redis never hands a task that is
 # still running to a second worker; a worker that died is covered sooner by the sweeper (see shared.sweeper).
@@ -40,6 +43,9 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             SEND_CHUNK_TASK: {"queue": SEND_QUEUE},
             SWEEP_TASK: {"queue": MAINTENANCE_QUEUE},
             APPLY_STATUS_EVENTS_TASK: {"queue": STATUS_QUEUE},
+            RELEASE_DUE_RETRIES_TASK: {"queue": MAINTENANCE_QUEUE},
+            COMPLETE_BROADCASTS_TASK: {"queue": MAINTENANCE_QUEUE},
+            NOTIFY_COMPLETION_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -79,9 +85,26 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
                 "schedule": 1.0,
                 "options": {"queue": STATUS_QUEUE, "expires": 5},
             },
+            # Due delivery retries wait in PostgreSQL (messages.retry_due_at), never in long Celery countdowns.
+            "release-due-retries": {
+                "task": RELEASE_DUE_RETRIES_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            "complete-broadcasts": {
+                "task": COMPLETE_BROADCASTS_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
         },
     )
     return app
+
+
+def enqueue_completion_callbacks(app: Celery, broadcast_ids: list[uuid.UUID]) -> None:
+    """Publish one `sms.notify_completion` per completed broadcast that asked for a callback."""
+    for broadcast_id in broadcast_ids:
+        app.send_task(NOTIFY_COMPLETION_TASK, args=[str(broadcast_id)], queue=MAINTENANCE_QUEUE)
 
 
 # Chunk messages written to Redis per round trip.

@@ -22,6 +22,7 @@ def create_api_key(session: Session, name: str = "tests") -> ApiKey:
         name=name,
         prefix=secrets.token_hex(6),
         secret_hash=hashlib.sha256(secrets.token_bytes(16)).hexdigest(),
+        signing_secret=secrets.token_hex(32),
     )
     session.add(api_key)
     session.commit()

@@ -26,7 +26,12 @@ def new_sid() -> str:
 
 
 def callback_parameters(
-    sid: str, status: str, *, error_code: int | None = None, to: str = "+15555550100", account_sid: str = "AC" + "a1" * 16
+    sid: str,
+    status: str,
+    *,
+    error_code: int | None = None,
+    to: str = "+15555550100",
+    account_sid: str = "AC" + "a1" * 16,
 ) -> dict[str, str]:
     parameters = {
         "MessageSid": sid,

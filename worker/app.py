@@ -80,4 +80,4 @@ def _close_process_resources(**_: Any) -> None:
         _resources = None
 
 
-from worker import tasks  # noqa: E402, F401  (registers the tasks on celery_app)
+from worker import status_tasks, tasks  # noqa: E402, F401  (registers the tasks on celery_app)

@@ -10,10 +10,25 @@ from celery import Task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shared.completion import (
+    callback_retry_delay,
+    complete_broadcasts,
+    deliver_completion_callback,
+    forgotten_completion_callbacks,
+)
+from shared.db import session_scope
+from shared.delivery_retries import release_and_enqueue_due_retries
 from shared.sending import send_chunk
 from shared.sweeper import sweep
-from shared.task_queue import SEND_CHUNK_TASK, SWEEP_TASK
-from worker.app import celery_app, sending_resources
+from shared.task_queue import (
+    COMPLETE_BROADCASTS_TASK,
+    NOTIFY_COMPLETION_TASK,
+    RELEASE_DUE_RETRIES_TASK,
+    SEND_CHUNK_TASK,
+    SWEEP_TASK,
+    enqueue_completion_callbacks,
+)
+from worker.app import celery_app, sending_resources, settings
 
 logger = logging.getLogger(__name__)
 
@@ -48,3 +63,46 @@ def sweep_task() -> None:
     report = sweep(sending_resources(), celery_app)
     if not report.skipped:
         logger.debug("sweep: %s", report)
+
+
+@celery_app.task(name=RELEASE_DUE_RETRIES_TASK)
+def release_due_retries_task() -> None:
+    """Send the delivery retries that fell due: archive each attempt, reset to pending, enqueue the chunks."""
+    try:
+        release_and_enqueue_due_retries(sending_resources().session_factory, celery_app)
+    except (OperationalError, InterfaceError) as error:
+        logger.warning("due retries not released this run: %s", type(error).__name__)
+
+
+@celery_app.task(name=COMPLETE_BROADCASTS_TASK)
+def complete_broadcasts_task() -> None:
+    """Mark finished broadcasts `completed`, then queue their completion callbacks."""
+    try:
+        with session_scope(sending_resources().session_factory) as session:
+            completed = complete_broadcasts(session, settings.completion_idle_seconds)
+        with session_scope(sending_resources().session_factory) as session:
+            forgotten = forgotten_completion_callbacks(session)
+    except (OperationalError, InterfaceError) as error:
+        logger.warning("broadcast completion not checked this run: %s", type(error).__name__)
+        return
+    for broadcast in completed:
+        logger.info("broadcast %s completed", broadcast.id)
+    if forgotten:
+        logger.warning("%d completion callbacks were never tried: enqueued again", len(forgotten))
+    enqueue_completion_callbacks(celery_app, [b.id for b in completed if b.callback_url] + forgotten)
+
+
+@celery_app.task(name=NOTIFY_COMPLETION_TASK, bind=True, max_retries=None)
+def notify_completion_task(self: Task, broadcast_id: str) -> None:
+    """POST the signed completion summary to the broadcast's callback_url; retried with backoff, then given up."""
+    try:
+        broadcast_uuid = uuid.UUID(broadcast_id)
+    except (ValueError, TypeError):
+        logger.error("sms.notify_completion with a malformed broadcast id %r: dropped", broadcast_id)
+        return
+    try:
+        attempt = deliver_completion_callback(sending_resources().session_factory, broadcast_uuid)
+    except (OperationalError, InterfaceError) as error:
+        raise self.retry(countdown=random.uniform(*INFRASTRUCTURE_RETRY_COUNTDOWN_SECONDS)) from error
+    if attempt.should_retry:
+        raise self.retry(countdown=callback_retry_delay(attempt.attempt))

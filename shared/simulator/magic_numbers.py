@@ -19,6 +19,7 @@ class MagicKind(Enum):
     DELIVERY_FAILS = "delivery fails"  # accepted (201), the callbacks end undelivered / failed
     SLOW = "slow"  # accepted and stored, the answer comes after `slow_ms`
     SERVER_ERROR = "server error"  # accepted and stored, the answer is 500 (code 20500)
+    FIRST_DELIVERY_FAILS = "first delivery fails"  # like DELIVERY_FAILS for the first message to the number only
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,13 @@ MAGIC_NUMBERS: dict[str, MagicNumber] = {
         MagicNumber("+15005550015", MagicKind.DELIVERY_FAILS, 30005, "failed", "unknown destination handset"),
         MagicNumber("+15005550017", MagicKind.DELIVERY_FAILS, 30007, "undelivered", "carrier filtering"),
         MagicNumber("+15005550018", MagicKind.DELIVERY_FAILS, 30008, "undelivered", "unknown carrier error"),
+        MagicNumber(
+            "+15005550023",
+            MagicKind.FIRST_DELIVERY_FAILS,
+            30003,
+            "undelivered",
+            "first message to the number unreachable (30003), later ones delivered",
+        ),
         MagicNumber(
             "+15005550020", MagicKind.SLOW, None, None, "answers 201 after slow_ms (client time-out)"
         ),

@@ -396,7 +396,11 @@ class Simulator:
         else:
             segments = 1
         outcome: Outcome = DELIVERED
-        if magic is not None and magic.kind is MagicKind.DELIVERY_FAILS:
+        if magic is not None and (
+            magic.kind is MagicKind.DELIVERY_FAILS
+            # A delivery retry's story: the handset is unreachable for the first message only.
+            or (magic.kind is MagicKind.FIRST_DELIVERY_FAILS and to not in self.store.by_recipient)
+        ):
             assert magic.final_status is not None and magic.error_code is not None
             outcome = outcome_for_failure(magic.final_status, magic.error_code)
         config = self.config

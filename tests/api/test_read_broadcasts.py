@@ -49,6 +49,10 @@ def test_progress_counts_messages_in_each_state(
         "accepted": 5,
         "failed": 2,
         "unknown": 1,
+        "sent": 0,
+        "delivered": 0,
+        "undelivered": 0,
+        "retry_scheduled": 0,
     }
     assert body["status"] == "queued"
     assert body["body"] == "hi"

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import redis
@@ -49,7 +53,9 @@ def test_public_vectors_for_our_signer_and_twilios_validator(url: str, expected:
 
 def test_validator_accepts_the_vector_with_or_without_the_default_port() -> None:
     validator = RequestValidator(VECTOR_TOKEN)
-    assert validator.validate("https://mycompany.com:443/myapp.php?foo=1&bar=2", VECTOR_PARAMETERS, "RSOYDt4T1cUTdK1PDd93/VVr8B8=")
+    assert validator.validate(
+        "https://mycompany.com:443/myapp.php?foo=1&bar=2", VECTOR_PARAMETERS, "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+    )
     assert validator.validate(VECTOR_URL, VECTOR_PARAMETERS, "kvajT1Ptam85bY51eRf/AJRuM3w=")
 
 
@@ -100,8 +106,8 @@ def test_signed_callback_is_queued_with_its_ids_and_answered_204(settings: Setti
     )
     assert response.status_code == 204, response.get_data(as_text=True)
     (entry,) = queued_entries(stream)
-    assert json.loads(entry[b"p"]) == parameters
-    assert (entry[b"m"], entry[b"a"]) == (b"42", b"2")
+    queued_parameters, message_id, attempt, _received_at = json.loads(entry[b"e"])
+    assert (queued_parameters, message_id, attempt) == (parameters, "42", "2")
     # A consumer reads it back intact.
     ensure_consumer_group(stream)
     (callback,) = StatusStreamConsumer(stream, "test").read_batch(10, 0.1)
@@ -114,9 +120,7 @@ def test_missing_or_wrong_signature_is_refused_and_nothing_queued(
 ) -> None:
     client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
     headers = {} if signature is None else {"X-Twilio-Signature": signature}
-    response = client.post(
-        f"{CALLBACK_PATH}?{QUERY}", data=callback_parameters(new_sid(), "sent"), headers=headers
-    )
+    response = client.post(f"{CALLBACK_PATH}?{QUERY}", data=callback_parameters(new_sid(), "sent"), headers=headers)
     assert response.status_code == 403
     assert response.content_type == "application/problem+json"
     assert stream.exists(STREAM_KEY) == 0
@@ -139,15 +143,11 @@ def test_signature_over_other_parameters_or_another_query_is_refused(settings: S
 
 
 @pytest.mark.parametrize("missing", ["MessageSid", "MessageStatus"])
-def test_missing_sid_or_status_is_400_and_nothing_queued(
-    settings: Settings, stream: redis.Redis, missing: str
-) -> None:
+def test_missing_sid_or_status_is_400_and_nothing_queued(settings: Settings, stream: redis.Redis, missing: str) -> None:
     client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
     parameters = callback_parameters(new_sid(), "sent")
     del parameters[missing]
-    response = post_callback(
-        client, f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://x"
-    )
+    response = post_callback(client, f"https://sms.example.com{CALLBACK_PATH}?{QUERY}", parameters, base_url="http://x")
     assert response.status_code == 400
     assert missing in response.get_json()["errors"]
     assert stream.exists(STREAM_KEY) == 0
@@ -198,22 +198,22 @@ def test_forwarded_headers_are_ignored_without_trusted_proxies(settings: Setting
     signed = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
     response = post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=FORWARDED)
     assert response.status_code == 403
-    # An attacker's forged headers cannot make a signature over their own URL pass either.
-    signed_by_attacker_url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
-    assert post_callback(
-        client, signed_by_attacker_url, parameters, base_url="http://10.0.0.5:8001", headers=FORWARDED
-    ).status_code == 403
     assert stream.exists(STREAM_KEY) == 0
 
 
 def test_public_base_url_is_the_authority_behind_a_proxy(settings: Settings, stream: redis.Redis) -> None:
     """The app sees plain http on an internal address; PUBLIC_BASE_URL names what Twilio called."""
     for proxies in (0, 1):
-        client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com", trusted_proxy_count=proxies))
+        client = make_client(
+            webhook_settings(settings, public_base_url="https://sms.example.com", trusted_proxy_count=proxies)
+        )
         parameters = callback_parameters(new_sid(), "sent")
         signed = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
         headers = {"X-Forwarded-Proto": "http", "X-Forwarded-Host": "evil.example.net"}
-        assert post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=headers).status_code == 204
+        assert (
+            post_callback(client, signed, parameters, base_url="http://10.0.0.5:8001", headers=headers).status_code
+            == 204
+        )
     assert len(queued_entries(stream)) == 2
 
 
@@ -247,3 +247,24 @@ def test_main_api_serves_the_webhook_too(main_app: Flask, stream: redis.Redis) -
     )
     assert response.status_code == 204
     assert len(queued_entries(stream)) == 1
+
+
+def test_repeated_parameters_are_signed_and_kept_like_twilio_does(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(webhook_settings(settings, public_base_url="https://sms.example.com"))
+    url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    pairs = [
+        *callback_parameters(new_sid(), "sent").items(),
+        ("MediaUrl", "https://b.example/2"),
+        ("MediaUrl", "https://a.example/1"),
+    ]
+    data = "".join(name + value for name, value in sorted(pairs))  # names sorted, then each name's values sorted
+    signature = base64.b64encode(hmac.new(TOKEN.encode(), (url + data).encode(), hashlib.sha1).digest()).decode()
+    response = client.post(
+        f"{CALLBACK_PATH}?{QUERY}",
+        data=urlencode(pairs),
+        content_type="application/x-www-form-urlencoded",
+        headers={"X-Twilio-Signature": signature},
+    )
+    assert response.status_code == 204
+    (entry,) = queued_entries(stream)
+    assert json.loads(entry[b"e"])[0]["MediaUrl"] == ["https://b.example/2", "https://a.example/1"]

@@ -152,4 +152,8 @@ def test_progress_counts_every_state_including_empty_ones(db_session: Session) -
         "accepted": 0,
         "failed": 0,
         "unknown": 0,
+        "sent": 0,
+        "delivered": 0,
+        "undelivered": 0,
+        "retry_scheduled": 0,
     }

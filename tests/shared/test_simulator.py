@@ -521,6 +521,24 @@ def test_magic_numbers_are_accepted_then_fail_delivery(
     assert final["error_message"]
 
 
+def test_first_delivery_fails_magic_number_fails_once_then_delivers(
+    simulator_url: str, simulator: SimulatorControl
+) -> None:
+    simulator.configure(callback_delay_ms=20)
+    first = send(simulator_url, To="+150055500231").json()["sid"]
+    second = send(simulator_url, To="+150055500231").json()["sid"]
+
+    assert first != second
+    first_final = wait_until(
+        lambda: (doc := fetch(simulator_url, first).json())["status"] == "undelivered" and doc, 5, message="30003"
+    )
+    assert first_final["error_code"] == 30003
+    second_final = wait_until(
+        lambda: (doc := fetch(simulator_url, second).json())["status"] == "delivered" and doc, 5, message="delivery"
+    )
+    assert second_final["error_code"] is None
+
+
 def test_server_error_magic_number_stores_the_message_and_answers_500(
     simulator_url: str, simulator: SimulatorControl
 ) -> None:

@@ -92,7 +92,12 @@ def test_decide_message_update(
     current: str, incoming: str, code: int | None, attempts: int, state: str | None, final: bool, retry: bool
 ) -> None:
     update_ = decide_message_update(
-        row(twilio_status=current, attempts=attempts), StatusReport("SM1", incoming, code), NOW, NOW, POLICY, lambda: 0.0
+        row(twilio_status=current, attempts=attempts),
+        StatusReport("SM1", incoming, code),
+        NOW,
+        NOW,
+        POLICY,
+        lambda: 0.0,
     )
     if state is None:
         assert update_ is None
@@ -203,9 +208,7 @@ def test_sid_unknown_at_callback_time_is_matched_through_the_message_id(
     assert reload(db_session, message).state == "delivered"
 
 
-def test_unmatched_event_is_kept_then_applied_when_its_message_appears(
-    db_session: Session, settings: Settings
-) -> None:
+def test_unmatched_event_is_kept_then_applied_when_its_message_appears(db_session: Session, settings: Settings) -> None:
     sid = new_sid()
     report = apply(db_session, settings, queued(sid, "delivered", message_id=10_000, attempt=1))
     assert report.unmatched == 1
@@ -232,7 +235,9 @@ def test_late_callback_for_an_old_attempt_is_recorded_on_that_attempt_only(
     db_session.add(MessageAttempt(message_id=message.id, attempt_number=1, twilio_sid=old_sid, twilio_status="sent"))
     new = new_sid()
     db_session.execute(
-        update(Message).where(Message.id == message.id).values(attempts=2, twilio_sid=new, twilio_status="sent", state="sent")
+        update(Message)
+        .where(Message.id == message.id)
+        .values(attempts=2, twilio_sid=new, twilio_status="sent", state="sent")
     )
     db_session.commit()
     apply(

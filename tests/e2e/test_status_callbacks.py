@@ -1,0 +1,91 @@
+"""End to end: a real worker sends a broadcast to the simulator, whose signed status callbacks reach a live
+webhook service (gunicorn), are queued in Redis and applied to PostgreSQL by the status consumer."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session
+
+from shared.local_services import ManagedProcess, find_free_port, wait_for_port
+from shared.settings import Settings, settings_to_environment
+from shared.task_queue import create_celery_app, enqueue_chunks
+from tests.conftest import REPOSITORY_ROOT, SimulatorControl, WorkerProcesses, wait_until
+from tests.factories import create_broadcast
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def webhook_port() -> int:
+    return find_free_port()
+
+
+@pytest.fixture
+def settings(base_settings: Settings, webhook_port: int) -> Settings:
+    """The worker's callback URLs point at the live webhook below."""
+    return base_settings.replace(public_base_url=f"http://127.0.0.1:{webhook_port}")
+
+
+@pytest.fixture
+def webhook_service(settings: Settings, webhook_port: int, artifacts_directory: Path) -> Iterator[None]:
+    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    environment.update(settings_to_environment(settings))
+    process = ManagedProcess(
+        "webhook",
+        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{webhook_port}", "--workers", "1",
+         "--worker-class", "gthread", "--threads", "4", "api.webhook_wsgi:app"],
+        environment,
+        log_path=artifacts_directory / "webhook.log",
+        working_directory=REPOSITORY_ROOT,
+    ).start()  # fmt: skip
+    wait_for_port(webhook_port)
+    yield
+    process.stop()
+
+
+def message_states(engine: Engine, broadcast_id: object) -> dict[str, int]:
+    with engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT state, count(*) FROM messages WHERE broadcast_id = :id GROUP BY state"), {"id": broadcast_id}
+        )
+        return {state: count for state, count in rows}
+
+
+def test_broadcast_callbacks_reach_postgres_through_the_webhook(
+    settings: Settings,
+    engine: Engine,
+    db_session: Session,
+    simulator: SimulatorControl,
+    workers: WorkerProcesses,
+    webhook_service: None,
+) -> None:
+    ordinary = [f"+1555{index:07d}" for index in range(30)]
+    filtered = ["+150055500170001", "+150055500170002"]  # queued -> sent -> undelivered 30007: final
+    unreachable = ["+150055500130001"]  # undelivered 30003: a delivery retry is scheduled
+    broadcast = create_broadcast(db_session, ordinary + filtered + unreachable, chunk_size=10)
+    workers.start_worker()
+    workers.start_beat()
+    enqueue_chunks(create_celery_app(settings), broadcast.id, range(broadcast.chunk_count))
+
+    expected = {"delivered": 30, "undelivered": 2, "retry_scheduled": 1}
+    wait_until(lambda: message_states(engine, broadcast.id) == expected, 90, interval=0.5, message=str(expected))
+    assert simulator.summary()["callbacks"]["failed"] == 0
+    with engine.connect() as connection:
+        delivered_without_sid = connection.execute(
+            text("SELECT count(*) FROM messages WHERE state = 'delivered' AND (twilio_sid IS NULL OR final_at IS NULL)")
+        ).scalar_one()
+        events = dict(
+            connection.execute(text("SELECT message_status, count(*) FROM status_events GROUP BY 1")).all()  # type: ignore[arg-type]
+        )
+        receipt = connection.execute(
+            text("SELECT last_receipt_at FROM broadcasts WHERE id = :id"), {"id": broadcast.id}
+        ).scalar_one()
+    assert delivered_without_sid == 0
+    assert events == {"queued": 33, "sent": 33, "delivered": 30, "undelivered": 3}
+    assert receipt is not None
