@@ -9,15 +9,18 @@ from __future__ import annotations
 import enum
 import uuid
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     ForeignKey,
     Identity,
     Index,
     Integer,
+    Numeric,
     String,
     Text,
     UniqueConstraint,
@@ -37,6 +40,9 @@ class BroadcastStatus(enum.StrEnum):
     SENDING = "sending"  # at least one chunk claimed
     SUBMITTED = "submitted"  # every recipient has a Twilio outcome (accepted, failed)
     COMPLETED = "completed"  # every message final, or no receipt for the configured time
+    SCHEDULED = "scheduled"  # stored with a future send_at; beat releases it
+    PAUSED = "paused"  # no new send starts; resume continues
+    CANCELED = "canceled"  # every unsent message canceled
 
 
 class MessageState(enum.StrEnum):
@@ -50,6 +56,8 @@ class MessageState(enum.StrEnum):
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"
     RETRY_SCHEDULED = "retry_scheduled"  # 30003/30008-style failure: a new attempt is due at retry_due_at
+    SKIPPED = "skipped"  # never sent, with skip_reason (the number opted out, ...)
+    CANCELED = "canceled"  # the broadcast was canceled before this message was sent
 
 
 # A message in one of these still owes the broadcast a Twilio outcome.
@@ -101,10 +109,28 @@ class Broadcast(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    media_urls: Mapped[list[str] | None] = mapped_column(JSONB)
+    validity_period: Mapped[int | None] = mapped_column(Integer)
+    smart_encoded: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    is_template: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    quiet_hours_start: Mapped[str | None] = mapped_column(String(5))  # "21:00", recipient's local time
+    quiet_hours_end: Mapped[str | None] = mapped_column(String(5))
+    max_segments: Mapped[int | None] = mapped_column(Integer)
+    max_cost: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    segments_total: Mapped[int | None] = mapped_column(BigInteger)
+    segments_min: Mapped[int | None] = mapped_column(Integer)
+    segments_max: Mapped[int | None] = mapped_column(Integer)
+    recipients_opted_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    recipients_deferred: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),
         Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
+        Index("ix_broadcasts_scheduled", "send_at", postgresql_where=text("status = 'scheduled'")),
         Index(
             "uq_broadcasts_api_key_idempotency_key",
             "api_key_id",
@@ -140,8 +166,16 @@ class Message(Base):
     retry_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     final_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     last_receipt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    variables: Mapped[dict[str, str] | None] = mapped_column(JSONB)  # template values; rendered at send time
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # quiet hours deferral
+    skip_reason: Mapped[str | None] = mapped_column(String(40))
 
     __table_args__ = (
+        Index(
+            "ix_messages_deferred",
+            "not_before",
+            postgresql_where=text("state = 'pending' AND not_before IS NOT NULL"),
+        ),
         Index("ix_messages_retry_due", "retry_due_at", postgresql_where=text("retry_due_at IS NOT NULL")),
         # One index for three jobs: progress counts (index-only scan per state), a chunk task's claim of its
         # pending rows (broadcast, 'pending', chunk), and state-filtered paging (ids grow with chunk numbers).

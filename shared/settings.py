@@ -100,6 +100,20 @@ class Settings:
         "TRUSTED_PROXY_COUNT", "Proxies in front of the webhook whose X-Forwarded-* headers are trusted", default=0
     )
     webhook_port: int = _env("WEBHOOK_PORT", "Where the standalone webhook service listens", default=8001)
+    smart_encoding: bool = _env(
+        "SMART_ENCODING",
+        "Send SmartEncoded=true and count segments after Twilio's look-alike replacements",
+        default=False,
+    )
+    price_per_segment: float = _env(
+        "PRICE_PER_SEGMENT", "Estimated price of one segment, for cost estimates and max_cost", default=0.0083
+    )
+    price_table: str = _env(
+        "PRICE_TABLE",
+        "Per-country-prefix prices overriding PRICE_PER_SEGMENT, e.g. '+44=0.04,+33=0.075'",
+        default="",
+    )
+    price_currency: str = _env("PRICE_CURRENCY", "Currency of the prices above", default="USD")
     port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
     data_dir: str = _env(
         "BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms"
@@ -120,6 +134,18 @@ class Settings:
     @property
     def delivery_retry_codes(self) -> frozenset[int]:
         return frozenset(int(code) for code in self.delivery_retry_error_codes.replace(" ", "").split(",") if code)
+
+    @property
+    def price_by_prefix(self) -> dict[str, float]:
+        """PRICE_TABLE parsed: the longest matching prefix of a number gives its price per segment."""
+        prices = {}
+        for entry in self.price_table.replace(" ", "").split(","):
+            if entry:
+                prefix, _, price = entry.partition("=")
+                if not prefix.startswith("+") or not prefix[1:].isdigit():
+                    raise ValueError(prefix)
+                prices[prefix] = float(price)
+        return prices
 
     @property
     def twilio_configured(self) -> bool:
@@ -170,6 +196,10 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         settings.delivery_retry_codes  # noqa: B018 - parsed here so a typo fails at start-up
     except ValueError:
         raise SettingsError("setting DELIVERY_RETRY_ERROR_CODES must be comma-separated numbers") from None
+    try:
+        settings.price_by_prefix  # noqa: B018 - parsed here so a typo fails at start-up
+    except ValueError:
+        raise SettingsError("setting PRICE_TABLE must look like '+44=0.04,+33=0.075'") from None
     return settings
 
 
