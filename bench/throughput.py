@@ -182,7 +182,7 @@ def main() -> None:
         processes.append(
             ManagedProcess(
                 "worker",
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "sms.send,sms.maintenance",
+                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "sms.send,sms.maintenance,sms.status",
                  "--concurrency", str(arguments.worker_processes), "--loglevel", "WARNING",
                  "--without-mingle", "--without-gossip"],
                 environment,

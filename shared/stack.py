@@ -34,12 +34,13 @@ from shared.db import sqlalchemy_url
 from shared.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port
 from shared.migrate import upgrade_to_head
 from shared.settings import Settings, settings_to_environment
+from shared.task_queue import ALL_QUEUES
 
 STATE_FILE_NAME = "stack.json"  # where a running stack tells other `bulksms` commands how to reach it
 LOCK_FILE_NAME = "stack.lock"
 SIMULATOR_CREDENTIALS_FILE_NAME = "simulator-credentials.json"
 EMBEDDED_DATABASE_NAME = "bulksms"
-WORKER_QUEUES = "sms.send,sms.maintenance"
+WORKER_QUEUES = ",".join(ALL_QUEUES)
 EXIT_CONFIGURATION_ERROR = 2
 
 Say = Callable[[str], None]

@@ -20,6 +20,8 @@ from shared.settings import Settings
 SEND_QUEUE = "sms.send"
 MAINTENANCE_QUEUE = "sms.maintenance"
 STATUS_QUEUE = "sms.status"  # applying Twilio status callbacks (shared.status_events)
+# What a worker consumes by default (`--queues`); large deployments give sms.status workers of their own.
+ALL_QUEUES = (SEND_QUEUE, MAINTENANCE_QUEUE, STATUS_QUEUE)
 
 SEND_CHUNK_TASK = "sms.send_chunk"
 SWEEP_TASK = "sms.sweep"

@@ -19,7 +19,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (REPOSITORY_ROOT / "docker-compose.yml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
-PACKAGE_SERVICES = ("migrate", "api", "worker", "beat", "simulator")  # the ones built from our Dockerfile
+PACKAGE_SERVICES = ("migrate", "api", "worker", "status-worker", "webhook", "beat", "simulator")  # the ones built from our Dockerfile
 # `${NAME}`, `${NAME:-default}`, `${NAME:?error}`, not `$${NAME}` (a literal `$` for the container's shell).
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 CONTAINER_VARIABLE = re.compile(r"\$\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -50,7 +50,7 @@ def module_assigns(module_name: str, attribute: str) -> bool:
 
 
 def test_the_expected_services_exist() -> None:
-    expected = {"postgres", "redis", "migrate", "api", "worker", "beat", "flower", "simulator"}
+    expected = {"postgres", "redis", "migrate", "api", "worker", "status-worker", "webhook", "beat", "flower", "simulator"}
     assert expected <= set(SERVICES)
 
 
@@ -91,12 +91,16 @@ def test_every_package_command_exists(name: str) -> None:
         pytest.fail(f"{name}: unexpected program {program}")
 
 
-def test_the_worker_consumes_both_queues() -> None:
-    from shared.task_queue import MAINTENANCE_QUEUE, SEND_QUEUE
+def test_every_queue_has_a_worker_consuming_it() -> None:
+    from shared.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
 
-    words = command_words(SERVICES["worker"])
-    queues = words[words.index("--queues") + 1].split(",")
-    assert set(queues) == {SEND_QUEUE, MAINTENANCE_QUEUE}
+    def queues(service: str) -> set[str]:
+        words = command_words(SERVICES[service])
+        return set(words[words.index("--queues") + 1].split(","))
+
+    assert queues("worker") == {SEND_QUEUE, MAINTENANCE_QUEUE}
+    assert queues("status-worker") == {STATUS_QUEUE}
+    assert queues("worker") | queues("status-worker") == set(ALL_QUEUES)
 
 
 def test_flower_is_protected_persistent_and_reads_the_broker_from_redis_url() -> None:

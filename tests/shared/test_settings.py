@@ -151,7 +151,7 @@ def test_the_worker_refuses_to_start_without_twilio_credentials(tmp_path: Path) 
     result = run_entry_point(
         [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-            "--queues", "sms.send,sms.maintenance", "--concurrency", "1",
+            "--queues", "sms.send,sms.maintenance,sms.status", "--concurrency", "1",
         ],
         tmp_path,
         extra={"DATABASE_URL": "postgresql://127.0.0.1:1/none", "REDIS_URL": "redis://127.0.0.1:1/0"},
