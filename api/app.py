@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Flask
 
-from api import broadcasts, health
+from api import broadcast_controls, broadcasts, health, inbound, opt_outs
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.errors import register_error_handlers
 from api.webhooks import init_webhooks
@@ -44,4 +44,8 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(broadcasts.blueprint)
     init_webhooks(app, settings, app.extensions[EXTENSION_NAME].redis_client)
+    # Issue 4: pause/resume/cancel/reschedule, the opt-out list, and STOP/START replies (needs the database).
+    app.register_blueprint(broadcast_controls.blueprint)
+    app.register_blueprint(opt_outs.blueprint)
+    app.register_blueprint(inbound.blueprint)
     return app

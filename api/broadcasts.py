@@ -11,6 +11,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import require_api_key
+from api.broadcast_controls import check_schedule
 from api.context import db_session, services
 from api.errors import ApiProblem
 from api.schemas import (
@@ -33,7 +34,8 @@ from shared.broadcasts import (
     list_messages,
 )
 from shared.completion import completion_reason
-from shared.models import Broadcast
+from shared.message_content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
+from shared.models import Broadcast, BroadcastStatus
 from shared.progress import broadcast_progress
 
 logger = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
     started = time.perf_counter()
     api_key = require_api_key()
     broadcast_request = broadcast_request_schema.load(_json_body())
+    check_schedule(broadcast_request)  # 422 when send_at is too soon or too far ahead
     idempotency_key = _idempotency_key()
     if broadcast_request.callback_url is not None and not api_key.signing_secret:
         # The completion callback is signed with the key's signing secret; a key created before signing
@@ -99,7 +102,10 @@ def create() -> tuple[Response, int, dict[str, str]]:
         )
     parsed = time.perf_counter()
     # Refuse before storing anything when the broker is down: a 202 must mean "stored and on its way".
-    services().redis_client.ping()
+    if not broadcast_request.dry_run:
+        services().redis_client.ping()
+    settings = services().settings
+    pricing = Pricing.from_settings(settings)
     session = db_session()
     try:
         result = create_broadcast(
@@ -108,6 +114,8 @@ def create() -> tuple[Response, int, dict[str, str]]:
             request=broadcast_request,
             chunk_size=services().settings.send_chunk_size,
             idempotency_key=idempotency_key,
+            pricing=pricing,
+            smart_encoding=settings.smart_encoding,
         )
     except InvalidRecipientsError as error:
         raise ApiProblem(
@@ -121,6 +129,25 @@ def create() -> tuple[Response, int, dict[str, str]]:
             invalid=error.invalid_sample,
             invalid_count=error.invalid_count,
         ) from None
+    except TemplateRecipientsError as error:
+        raise ApiProblem(
+            422,
+            f"{error.problem_count:,} recipient(s) cannot be sent the template: a placeholder without default has "
+            "no value in their `vars`, or their message is too long. The first 100 are listed in `recipients`; "
+            "nothing was stored. Give the values, or a default: `{name|default}`.",
+            problem="template-variables",
+            errors={"recipients": [f"{error.problem_count} recipient(s) cannot be rendered"]},
+            recipients=error.problems,
+            recipients_count=error.problem_count,
+        ) from None
+    except ContentLimitError as error:
+        raise ApiProblem(
+            422,
+            error.detail + " Nothing was stored.",
+            problem="over-limit",
+            errors={"max_cost" if "max_cost" in error.detail else "max_segments": [error.detail]},
+            **error.figures,
+        ) from None
     except IdempotencyConflictError as error:
         raise ApiProblem(
             409,
@@ -129,7 +156,8 @@ def create() -> tuple[Response, int, dict[str, str]]:
             broadcast_id=str(error.broadcast_id),
         ) from None
     broadcast = result.broadcast
-    if result.created:
+    # A scheduled broadcast is enqueued by beat at its send_at (shared.broadcast_control).
+    if result.created and broadcast.status != BroadcastStatus.SCHEDULED:
         stored = time.perf_counter()
         # If the broker fails now, the broadcast is stored with enqueued_at NULL and the sweeper enqueues it.
         enqueued = enqueue_broadcast(session, services().celery_app, broadcast)
@@ -143,6 +171,10 @@ def create() -> tuple[Response, int, dict[str, str]]:
             "" if enqueued else ", FAILED: left to the sweeper",
         )
     body = broadcast_schema.dump(broadcast)
+    body["cost"] = cost_report(broadcast, pricing)
+    if result.dry_run:
+        body["dry_run"] = True
+        return jsonify(body), 200, {}
     body["links"] = _links(broadcast)
     status = 202 if result.created else 200
     return jsonify(body), status, {"Location": body["links"]["self"]}
@@ -184,6 +216,7 @@ def show_broadcast(broadcast_id: uuid.UUID) -> Response:
     body["progress"] = progress.summary()
     body["error_codes"] = progress.error_code_list()
     body["completion"] = completion_reason(broadcast.status, progress.awaiting_receipt)
+    body["cost"] = cost_report(broadcast, Pricing.from_settings(services().settings))
     body["links"] = _links(broadcast)
     return jsonify(body)
 

@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("--ideal-recipients", type=int, default=30_000, help="messages for the ideal sender's run")
     parser.add_argument("--latency-ms", type=int, default=100)
     parser.add_argument("--max-concurrency", type=int, default=100)
-    parser.add_argument("--worker-processes", type=int, default=2)
+    parser.add_argument("--worker-processes", type=int, default=3)
     parser.add_argument("--timeout-seconds", type=float, default=900)
     arguments = parser.parse_args()
 

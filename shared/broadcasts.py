@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from decimal import Decimal
 from typing import Any, Generic, TypeVar
 
 import kombu.exceptions
@@ -27,9 +28,16 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from shared.broadcast_control import apply_intake_rules
+from shared.message_content import (
+    Pricing,
+    check_limits,
+    check_template_recipients,
+    prepare_recipients,
+    report_content,
+)
 from shared.models import Broadcast, BroadcastStatus, Message, MessageState
-from shared.phone_numbers import normalise_recipients
-from shared.segments import count_segments
+from shared.settings import Settings
 from shared.task_queue import enqueue_chunks
 
 logger = logging.getLogger(__name__)
@@ -73,6 +81,15 @@ class BroadcastRequest:
     recipients: Sequence[Any]
     on_invalid: str = "reject"
     callback_url: str | None = None  # receives the signed completion summary (shared.completion)
+    # Scheduling and quiet hours (shared.broadcast_control, shared.quiet_hours): aware send_at, ("21:00", "08:00").
+    send_at: datetime | None = None
+    quiet_hours: tuple[str, str] | None = None
+    # Content options (issue 4; shared.message_content): MMS media, Twilio's ValidityPeriod, the client's limits.
+    media_urls: tuple[str, ...] | None = None
+    validity_period: int | None = None
+    max_segments: int | None = None
+    max_cost: Decimal | None = None
+    dry_run: bool = False  # report only: nothing stored, not part of the fingerprint
 
     def fingerprint(self) -> str:
         """SHA-256 of the canonical request: what an Idempotency-Key is compared against."""
@@ -83,6 +100,14 @@ class BroadcastRequest:
         }
         if self.callback_url is not None:  # absent otherwise, so older broadcasts keep their fingerprints
             canonical_fields["callback_url"] = self.callback_url
+        if self.send_at is not None:
+            canonical_fields["send_at"] = self.send_at.isoformat()
+        if self.quiet_hours is not None:
+            canonical_fields["quiet_hours"] = list(self.quiet_hours)
+        for name in ("media_urls", "validity_period", "max_segments", "max_cost"):
+            value = getattr(self, name)
+            if value is not None:  # absent otherwise, like callback_url
+                canonical_fields[name] = list(value) if name == "media_urls" else str(value)
         canonical = json.dumps(
             canonical_fields,
             sort_keys=True,
@@ -96,6 +121,7 @@ class BroadcastRequest:
 class IntakeResult:
     broadcast: Broadcast
     created: bool  # False when an Idempotency-Key replayed an earlier broadcast
+    dry_run: bool = False  # the broadcast is a transient report, never stored
 
 
 @dataclass(frozen=True)
@@ -151,6 +177,42 @@ def _copy_recipients(session: Session, broadcast_id: uuid.UUID, numbers: list[st
         cursor.close()
 
 
+def _copy_blocks_with_variables(
+    broadcast_id: uuid.UUID, numbers: list[str], variables: list[dict[str, str] | None], chunk_size: int
+) -> Iterator[str]:
+    """Rows `broadcast_id, chunk_number, to_number, state, variables` (JSON, `\\N` when none) for a template."""
+    pending = MessageState.PENDING.value
+    for block_start in range(0, len(numbers), COPY_ROWS_PER_BLOCK):
+        rows = []
+        for index in range(block_start, min(block_start + COPY_ROWS_PER_BLOCK, len(numbers))):
+            values = variables[index]
+            # COPY text format: JSON escapes tabs and newlines itself; only backslashes need doubling.
+            encoded = "\\N" if values is None else json.dumps(values, ensure_ascii=False).replace("\\", "\\\\")
+            rows.append(f"{broadcast_id}\t{index // chunk_size}\t{numbers[index]}\t{pending}\t{encoded}\n")
+        yield "".join(rows)
+
+
+def _copy_recipients_with_variables(
+    session: Session,
+    broadcast_id: uuid.UUID,
+    numbers: list[str],
+    variables: list[dict[str, str] | None],
+    chunk_size: int,
+) -> None:
+    """Like `_copy_recipients`, also storing each recipient's template variables (rendered at send time)."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor: Any = dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(
+            "COPY messages (broadcast_id, chunk_number, to_number, state, variables) FROM STDIN",
+            _CopySource(_copy_blocks_with_variables(broadcast_id, numbers, variables, chunk_size)),
+            size=1 << 20,
+        )
+    finally:
+        cursor.close()
+
+
 def find_idempotent_broadcast(session: Session, api_key_id: int, idempotency_key: str) -> Broadcast | None:
     return session.scalar(
         select(Broadcast).where(
@@ -172,12 +234,19 @@ def create_broadcast(
     request: BroadcastRequest,
     chunk_size: int,
     idempotency_key: str | None = None,
+    pricing: Pricing | None = None,
+    smart_encoding: bool = False,
+    now: datetime | None = None,
 ) -> IntakeResult:
     """Validate the recipients, store the broadcast and all its messages, and commit (not enqueued).
 
-    Raises InvalidRecipientsError (nothing stored) or IdempotencyConflictError. With an `idempotency_key`
-    that this API key already used for the same request, returns the original broadcast, `created=False`.
+    Raises InvalidRecipientsError, TemplateRecipientsError, ContentLimitError (nothing stored) or
+    IdempotencyConflictError. A `dry_run` request stores nothing and returns a transient broadcast. With an
+    `idempotency_key` that this API key already used for the same request, returns the original broadcast,
+    `created=False`.
     """
+    if request.dry_run:
+        idempotency_key = None
     fingerprint = request.fingerprint() if idempotency_key is not None else None
     if idempotency_key is not None and fingerprint is not None:
         existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
@@ -185,24 +254,65 @@ def create_broadcast(
             return _replay(existing, fingerprint)
 
     started = time.perf_counter()
-    recipients = normalise_recipients(request.recipients)
+    content = prepare_recipients(request.message, request.recipients)
+    recipients = content.recipients
     normalised = time.perf_counter()
     invalid_sample = [invalid.as_dict() for invalid in recipients.invalid_sample]
     if not recipients.numbers or (recipients.invalid_count and request.on_invalid == "reject"):
         raise InvalidRecipientsError(recipients.invalid_count, invalid_sample, len(recipients.numbers))
 
-    segments = count_segments(request.message)
+    check_template_recipients(content)
+    report = report_content(
+        content,
+        request.message,
+        media_urls=request.media_urls,
+        smart_encoded=smart_encoding,
+        pricing=pricing or Pricing(Decimal(str(Settings.price_per_segment))),
+    )
+    check_limits(report, max_segments=request.max_segments, max_cost=request.max_cost)
     chunk_count = -(-len(recipients.numbers) // chunk_size)
+    content_values: dict[str, Any] = {
+        # A template is stored as given and rendered per message at send time; a plain body with `{{` / `}}`
+        # is stored unescaped, exactly as it is sent.
+        "body": request.message if content.is_template else content.template.literal_text,
+        "encoding": report.encoding,
+        "characters": report.characters,
+        "segments": report.segments,
+        "media_urls": list(request.media_urls) if request.media_urls else None,
+        "validity_period": request.validity_period,
+        "smart_encoded": smart_encoding,
+        "is_template": content.is_template,
+        "max_segments": request.max_segments,
+        "max_cost": request.max_cost,
+        "estimated_cost": report.estimated_cost,
+        "segments_total": report.segments_total,
+        "segments_min": report.segments_min,
+        "segments_max": report.segments_max,
+    }
+    if request.dry_run:
+        preview = Broadcast(
+            status="dry_run",
+            recipients_received=len(request.recipients),
+            recipients_accepted=len(recipients.numbers),
+            recipients_duplicates=recipients.duplicates,
+            recipients_invalid=recipients.invalid_count,
+            invalid_sample=invalid_sample,
+            chunk_size=chunk_size,
+            chunk_count=chunk_count,
+            callback_url=request.callback_url,
+            **content_values,
+        )
+        return IntakeResult(preview, created=False, dry_run=True)
     insert_broadcast = (
         insert(Broadcast)
         .values(
             id=uuid.uuid4(),
             api_key_id=api_key_id,
-            body=request.message,
-            status=BroadcastStatus.QUEUED.value,
-            encoding=segments.encoding,
-            characters=segments.characters,
-            segments=segments.segments,
+            status=(BroadcastStatus.SCHEDULED if request.send_at else BroadcastStatus.QUEUED).value,
+            send_at=request.send_at,
+            quiet_hours_start=request.quiet_hours[0] if request.quiet_hours else None,
+            quiet_hours_end=request.quiet_hours[1] if request.quiet_hours else None,
+            **content_values,
             recipients_received=len(request.recipients),
             recipients_accepted=len(recipients.numbers),
             recipients_duplicates=recipients.duplicates,
@@ -229,7 +339,12 @@ def create_broadcast(
         assert existing is not None
         return _replay(existing, fingerprint)
     try:
-        _copy_recipients(session, broadcast.id, recipients.numbers, chunk_size)
+        if content.is_template and content.variables is not None:
+            _copy_recipients_with_variables(session, broadcast.id, recipients.numbers, content.variables, chunk_size)
+        else:
+            _copy_recipients(session, broadcast.id, recipients.numbers, chunk_size)
+        # Opted-out numbers become `skipped`; quiet hours: how many would be deferred (shared.broadcast_control).
+        apply_intake_rules(session, broadcast, recipients.numbers, now)
         session.commit()
     except BaseException:
         session.rollback()

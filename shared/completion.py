@@ -79,11 +79,14 @@ def complete_broadcasts(
     """Mark `completed` every unfinished broadcast that is done (caller commits, then notifies)."""
     rows = session.execute(
         text(
-            "UPDATE broadcasts AS b SET status = :completed, completed_at = now() "
+            # A canceled broadcast keeps its status (canceled and skipped messages count as final); a scheduled
+            # or paused one is never completed.
+            "UPDATE broadcasts AS b SET status = CASE WHEN b.status = :canceled THEN b.status ELSE :completed END, "
+            "completed_at = now() "
             "WHERE b.id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL ORDER BY created_at LIMIT :limit "
             # A broadcast row being recorded is skipped this time, never waited for.
             "               FOR UPDATE SKIP LOCKED) "
-            "AND b.completed_at IS NULL "
+            "AND b.completed_at IS NULL AND b.status NOT IN (:scheduled, :paused) "
             "AND NOT EXISTS (SELECT 1 FROM messages m "
             "                WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:work_left AS text[]))) "
             "AND (NOT EXISTS (SELECT 1 FROM messages m "
@@ -94,6 +97,9 @@ def complete_broadcasts(
         ),
         {
             "completed": BroadcastStatus.COMPLETED,
+            "canceled": BroadcastStatus.CANCELED,
+            "scheduled": BroadcastStatus.SCHEDULED,
+            "paused": BroadcastStatus.PAUSED,
             "limit": limit,
             "work_left": [state.value for state in WORK_LEFT_STATES],
             "awaiting": [state.value for state in AWAITING_RECEIPT_STATES],

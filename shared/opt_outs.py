@@ -95,25 +95,20 @@ def remove_opt_out(session: Session, number: str) -> bool:
     return bool(deleted)
 
 
-def _search_condition(search: str | None) -> tuple[str, dict[str, Any]]:
-    if not search:
-        return "", {}
-    cleaned = "".join(character for character in search if character.isdigit() or character == "+")
-    escaped = cleaned.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    if cleaned.startswith("+"):  # a prefix: a range of the primary key
-        return " AND phone_number LIKE :pattern", {"pattern": escaped + "%"}
-    return " AND phone_number LIKE :pattern", {"pattern": "%" + escaped + "%"}
+def search_pattern(search: str | None) -> str:
+    """A LIKE pattern: a search starting with + is a prefix (a range of the primary key), else a substring."""
+    cleaned = "".join(character for character in (search or "") if character.isdigit() or character == "+")
+    return cleaned + "%" if cleaned.startswith("+") else "%" + cleaned + "%"
 
 
 def list_opt_outs(session: Session, *, search: str | None, after: str | None, limit: int) -> tuple[list[OptOut], bool]:
-    """Numbers in E.164 order after `after`; `search` starting with + is a prefix, otherwise a substring."""
-    condition, parameters = _search_condition(search)
+    """Numbers in E.164 order after `after`, optionally matching `search`; True when more follow."""
     rows = session.execute(
         text(
             "SELECT phone_number, source, reason, created_at FROM opted_out_numbers "
-            "WHERE phone_number > :after" + condition + " ORDER BY phone_number LIMIT :limit"
+            "WHERE phone_number > :after AND phone_number LIKE :pattern ORDER BY phone_number LIMIT :limit"
         ),
-        {"after": after or "", "limit": limit + 1, **parameters},
+        {"after": after or "", "limit": limit + 1, "pattern": search_pattern(search)},
     ).all()
     items = [OptOut(row.phone_number, row.source, row.reason, row.created_at) for row in rows[:limit]]
     return items, len(rows) > limit
@@ -184,15 +179,17 @@ def import_opt_outs_csv(session: Session, content: str, *, default_reason: str |
     return result
 
 
-def skip_opted_out_at_intake(session: Session, broadcast_id: uuid.UUID) -> int:
-    """Mark the new broadcast's messages to listed numbers `skipped`; one statement, none when the list is empty."""
+def skip_opted_out_at_intake(session: Session, broadcast_id: uuid.UUID) -> list[str]:
+    """Mark the new broadcast's messages to listed numbers `skipped` (one statement, none when the list is
+    empty); returns their numbers."""
     if not session.execute(text("SELECT EXISTS (SELECT 1 FROM opted_out_numbers)")).scalar():
-        return 0
+        return []
     skipped = session.execute(
         text(
             "UPDATE messages AS m SET state = :skipped, skip_reason = :reason "
             "FROM opted_out_numbers AS o "
-            "WHERE m.broadcast_id = :broadcast_id AND m.state = :pending AND m.to_number = o.phone_number"
+            "WHERE m.broadcast_id = :broadcast_id AND m.state = :pending AND m.to_number = o.phone_number "
+            "RETURNING m.to_number"
         ),
         {
             "broadcast_id": broadcast_id,
@@ -200,8 +197,8 @@ def skip_opted_out_at_intake(session: Session, broadcast_id: uuid.UUID) -> int:
             "pending": MessageState.PENDING,
             "reason": SKIP_REASON_OPTED_OUT,
         },
-    ).rowcount  # type: ignore[attr-defined]
-    return int(skipped)
+    ).scalars()
+    return list(skipped)
 
 
 def skip_opted_out_in_chunk(session: Session, broadcast_id: uuid.UUID, chunk_number: int) -> int:

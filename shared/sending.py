@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio
@@ -34,9 +35,11 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
+from shared.broadcast_control import HaltCallable, HaltCheck, cancel_leftovers_of_canceled, prepare_chunk_claim
 from shared.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
 from shared.db import create_database_engine, create_session_factory, session_scope
 from shared.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
+from shared.outgoing_content import OutgoingContent, load_outgoing_content
 from shared.settings import Settings
 from shared.twilio_gateway import Accepted, Ambiguous, Permanent, Retryable, SendOutcome, TwilioGateway
 
@@ -56,6 +59,7 @@ class ClaimedMessage:
     id: int
     to_number: str
     attempts: int  # after the claim: identifies this claim (and goes into the status callback URL)
+    variables: dict[str, str] | None = None  # a template broadcast's values for this recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,9 +174,13 @@ def send_deadline(claimed_at: float, settings: Settings) -> float:
 
 
 def claim_pending_messages(
-    session: Session, broadcast_id: uuid.UUID, chunk_number: int, lease_seconds: float
+    session: Session, broadcast_id: uuid.UUID, chunk_number: int, lease_seconds: float, now: datetime | None = None
 ) -> list[ClaimedMessage]:
     """Atomically move this chunk's `pending` rows to `sending` with a lease; two claims never share a row."""
+    # Opt-outs and quiet hours first (shared.broadcast_control); nothing at all while scheduled/paused/canceled.
+    # `now` (default: the database's) is the quiet-hours clock; tests freeze it.
+    if not prepare_chunk_claim(session, broadcast_id, chunk_number, now):
+        return []
     # The broadcast row first (only while still queued): the lock order of recording, broadcast then messages.
     session.execute(
         text(
@@ -186,7 +194,8 @@ def claim_pending_messages(
             "UPDATE messages SET state = :sending, claimed_until = now() + make_interval(secs => :lease), "
             "attempts = attempts + 1, updated_at = now() "
             "WHERE broadcast_id = :broadcast_id AND chunk_number = :chunk_number AND state = :pending "
-            "RETURNING id, to_number, attempts"
+            "AND (not_before IS NULL OR not_before <= now()) "
+            "RETURNING id, to_number, attempts, variables"
         ),
         {
             "broadcast_id": broadcast_id,
@@ -196,7 +205,10 @@ def claim_pending_messages(
             "pending": MessageState.PENDING,
         },
     ).all()
-    return [ClaimedMessage(id=row.id, to_number=row.to_number, attempts=row.attempts) for row in rows]
+    return [
+        ClaimedMessage(id=row.id, to_number=row.to_number, attempts=row.attempts, variables=row.variables)
+        for row in rows
+    ]
 
 
 def broadcast_body(session: Session, broadcast_id: uuid.UUID) -> str | None:
@@ -265,6 +277,8 @@ def record_send_outcomes(
             },
         ).rowcount  # type: ignore[attr-defined]
         record_opted_out_numbers(session, results)
+        released_ids = [message.id for message, outcome in results if isinstance(outcome, Retryable)]
+        cancel_leftovers_of_canceled(session, broadcast_id, released_ids)
     mark_broadcast_submitted_if_finished(session, broadcast_id)
     return int(written)
 
@@ -300,10 +314,15 @@ def mark_broadcast_submitted_if_finished(session: Session, broadcast_id: uuid.UU
     updated = session.execute(
         text(
             "UPDATE broadcasts SET status = :submitted, submitted_at = now() "
-            "WHERE id = :id AND status <> :submitted AND NOT EXISTS ("
+            "WHERE id = :id AND status <> :submitted AND status <> :canceled AND NOT EXISTS ("
             "  SELECT 1 FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:unfinished AS text[])))"
         ),
-        {"id": broadcast_id, "submitted": BroadcastStatus.SUBMITTED, "unfinished": UNFINISHED_STATES},
+        {
+            "id": broadcast_id,
+            "submitted": BroadcastStatus.SUBMITTED,
+            "canceled": BroadcastStatus.CANCELED,
+            "unfinished": UNFINISHED_STATES,
+        },
     ).rowcount  # type: ignore[attr-defined]
     return bool(updated)
 
@@ -318,6 +337,10 @@ class _stop_at_deadline(stop_base):
         return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
 
 
+# A Retryable with this reason was never sent: the broadcast was paused or canceled (no retry, back to pending).
+HALTED_REASON = "broadcast paused or canceled"
+
+
 def _last_outcome(retry_state: RetryCallState) -> SendOutcome:
     assert retry_state.outcome is not None
     outcome: SendOutcome = retry_state.outcome.result()
@@ -327,20 +350,31 @@ def _last_outcome(retry_state: RetryCallState) -> SendOutcome:
 async def send_messages(
     gateway: TwilioGateway,
     slots: SlotPool,
-    body: str,
+    body: str | OutgoingContent,
     messages: Sequence[ClaimedMessage],
     *,
     public_base_url: str | None,
     retry_policy: RetryPolicy,
     deadline: float,
+    halted: HaltCallable | None = None,
 ) -> list[tuple[ClaimedMessage, SendOutcome]]:
-    """Send all messages concurrently, each holding a concurrency slot only while its request is in flight."""
+    """Send all messages concurrently, each holding a concurrency slot only while its request is in flight.
+
+    `halted` (the broadcast was paused or canceled) is asked before each request: once true, the rest are
+    released unsent (back to `pending`) without further retries.
+    """
+
+    # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
+    content = body if isinstance(body, OutgoingContent) else OutgoingContent(body)
+    options = content.send_options()
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
         async with slots.slot(deadline) as token:
             if token is None:
                 return Retryable("no concurrency slot before the claim's deadline")
-            return await gateway.send(message.to_number, body, callback_url)
+            if halted is not None and await halted():
+                return Retryable(HALTED_REASON)
+            return await gateway.send(message.to_number, content.body_for(message.variables), callback_url, **options)
 
     async def send_one(message: ClaimedMessage) -> SendOutcome:
         # The slot is released before each backoff sleep (it is taken inside `attempt`).
@@ -353,7 +387,7 @@ async def send_messages(
             wait=wait_random_exponential(
                 multiplier=retry_policy.initial_wait_seconds, max=retry_policy.max_wait_seconds
             ),
-            retry=retry_if_result(lambda outcome: isinstance(outcome, Retryable)),
+            retry=retry_if_result(lambda outcome: isinstance(outcome, Retryable) and outcome.reason != HALTED_REASON),
             retry_error_callback=_last_outcome,
         )
         outcome: SendOutcome = await retrying(attempt, message, status_callback_url(public_base_url, message))
@@ -378,7 +412,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
     settings = resources.settings
     claimed_at = time.monotonic()
     with session_scope(resources.session_factory) as session:
-        body = broadcast_body(session, broadcast_id)
+        body = load_outgoing_content(session, broadcast_id)
         if body is None:
             logger.warning("broadcast %s not found: nothing to send for chunk %d", broadcast_id, chunk_number)
             return ChunkResult()
@@ -396,6 +430,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
                 public_base_url=settings.public_base_url,
                 retry_policy=resources.retry_policy,
                 deadline=send_deadline(claimed_at, settings),
+                halted=HaltCheck(resources.redis, broadcast_id),
             )
 
     results = resources.run(send_all())

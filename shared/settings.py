@@ -96,6 +96,9 @@ class Settings:
     completion_idle_seconds: int = _env(
         "COMPLETION_IDLE_SECONDS", "A submitted broadcast with no receipt for this long is completed", default=6 * 3600
     )
+    schedule_min_lead_seconds: float = _env(
+        "SCHEDULE_MIN_LEAD_SECONDS", "A broadcast's send_at must be at least this far ahead", default=60.0
+    )
     trusted_proxy_count: int = _env(
         "TRUSTED_PROXY_COUNT", "Proxies in front of the webhook whose X-Forwarded-* headers are trusted", default=0
     )

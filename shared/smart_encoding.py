@@ -58,7 +58,7 @@ _REPLACEMENTS: dict[str, str] = {
     "\u00ad": "",  # soft hyphen
 }
 _REPLACEMENTS.update({chr(code): " " for code in range(0x2000, 0x200B)})  # en quad ... hair space
-# Fullwidth ASCII (！ to ～) → ASCII.
+# Fullwidth ASCII (U+FF01 to U+FF5E) → ASCII.
 _REPLACEMENTS.update({chr(code): chr(code - 0xFEE0) for code in range(0xFF01, 0xFF5F)})
 
 SMART_ENCODING_TABLE = str.maketrans(_REPLACEMENTS)

@@ -23,9 +23,10 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.broadcast_control import cancel_leftovers_of_canceled
 from shared.concurrency import SlotPool
 from shared.db import session_scope
-from shared.models import MessageState
+from shared.models import BroadcastStatus, MessageState
 from shared.phone_numbers import mask_phone_number
 from shared.sending import SendingResources, mark_broadcast_submitted_if_finished
 from shared.task_queue import SEND_QUEUE, enqueue_chunks
@@ -71,11 +72,13 @@ def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_secon
     """Broadcasts with `enqueued_at IS NULL` for a while: enqueue every chunk that still has pending rows."""
     broadcasts = session.execute(
         text(
-            "SELECT id FROM broadcasts WHERE enqueued_at IS NULL "
+            # Scheduled broadcasts wait for their send_at (shared.broadcast_control releases them); paused and
+            # canceled ones must not be sent.
+            "SELECT id FROM broadcasts WHERE enqueued_at IS NULL AND status IN (:queued, :sending) "
             "AND created_at < now() - make_interval(secs => :age) ORDER BY created_at LIMIT 100 "
             "FOR UPDATE SKIP LOCKED"
         ),
-        {"age": float(older_than_seconds)},
+        {"age": float(older_than_seconds), "queued": BroadcastStatus.QUEUED, "sending": BroadcastStatus.SENDING},
     ).scalars()
     count = 0
     for broadcast_id in list(broadcasts):
@@ -102,11 +105,19 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
             # an index range on (broadcast_id, 'pending'), never a scan of every message ever sent.
             "SELECT m.broadcast_id, m.chunk_number "
             "FROM broadcasts b JOIN messages m ON m.broadcast_id = b.id AND m.state = :pending "
-            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL "
+            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL AND b.status IN (:queued, :sending) "
             "AND m.updated_at < now() - make_interval(secs => :idle) "
+            # Rows deferred by quiet hours wait for their not_before (sms.release_deferred enqueues them).
+            "AND (m.not_before IS NULL OR m.not_before <= now()) "
             "GROUP BY m.broadcast_id, m.chunk_number ORDER BY m.broadcast_id, m.chunk_number LIMIT :limit"
         ),
-        {"pending": MessageState.PENDING, "idle": float(idle_seconds), "limit": limit},
+        {
+            "pending": MessageState.PENDING,
+            "idle": float(idle_seconds),
+            "limit": limit,
+            "queued": BroadcastStatus.QUEUED,
+            "sending": BroadcastStatus.SENDING,
+        },
     ).all()
     return [(row.broadcast_id, row.chunk_number) for row in rows]
 
@@ -230,6 +241,7 @@ def _apply_reconciliation(
                 "attempts": suspect.attempts,
             },
         ).rowcount  # type: ignore[attr-defined]
+    cancel_leftovers_of_canceled(session, broadcast_id, [suspect.id for suspect in released])
     submitted = mark_broadcast_submitted_if_finished(session, broadcast_id)
     return accepted_count, released_count, submitted
 

@@ -29,6 +29,8 @@ APPLY_STATUS_EVENTS_TASK = "sms.apply_status_events"
 RELEASE_DUE_RETRIES_TASK = "sms.release_due_retries"  # shared.delivery_retries
 COMPLETE_BROADCASTS_TASK = "sms.complete_broadcasts"  # shared.completion
 NOTIFY_COMPLETION_TASK = "sms.notify_completion"  # the signed POST to a broadcast's callback_url
+RELEASE_SCHEDULED_TASK = "sms.release_scheduled"  # shared.broadcast_control: scheduled broadcasts at send_at
+RELEASE_DEFERRED_TASK = "sms.release_deferred"  # shared.broadcast_control: quiet-hours deferrals that ended
 
 # Longer than the longest retry backoff and than any chunk can take, so Redis never hands a task that is
 # still running to a second worker; a worker that died is covered sooner by the sweeper (see shared.sweeper).
@@ -48,6 +50,8 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             RELEASE_DUE_RETRIES_TASK: {"queue": MAINTENANCE_QUEUE},
             COMPLETE_BROADCASTS_TASK: {"queue": MAINTENANCE_QUEUE},
             NOTIFY_COMPLETION_TASK: {"queue": MAINTENANCE_QUEUE},
+            RELEASE_SCHEDULED_TASK: {"queue": MAINTENANCE_QUEUE},
+            RELEASE_DEFERRED_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -90,6 +94,17 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             # Due delivery retries wait in PostgreSQL (messages.retry_due_at), never in long Celery countdowns.
             "release-due-retries": {
                 "task": RELEASE_DUE_RETRIES_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            # Scheduled broadcasts and quiet-hours deferrals wait in PostgreSQL, never in long Celery ETAs.
+            "release-scheduled": {
+                "task": RELEASE_SCHEDULED_TASK,
+                "schedule": min(settings.sweeper_interval_seconds, 5.0),
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 30},
+            },
+            "release-deferred": {
+                "task": RELEASE_DEFERRED_TASK,
                 "schedule": settings.sweeper_interval_seconds,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
             },

@@ -78,13 +78,15 @@ def parse_template(text: str) -> MessageTemplate:
     for match in _TOKEN.finditer(text):
         literal.append(text[position : match.start()])
         position = match.end()
-        token = match.group(0)
-        if token == "{{":
+        lexeme = match.group(0)
+        if lexeme == "{{":
             literal.append("{")
-        elif token == "}}":
+        elif lexeme == "}}":
             literal.append("}")
-        elif token in ("{", "}"):
-            raise TemplateSyntaxError(f"unmatched '{token}' (write '{token}{token}' for a literal brace)", match.start())
+        elif lexeme in ("{", "}"):
+            raise TemplateSyntaxError(
+                f"unmatched '{lexeme}' (write '{lexeme}{lexeme}' for a literal brace)", match.start()
+            )
         else:
             name = match.group(1).strip()
             if not PLACEHOLDER_NAME.fullmatch(name):

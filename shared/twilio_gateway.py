@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import base64
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import aiohttp
+from twilio.base import values
 from twilio.base.exceptions import TwilioException, TwilioRestException
 from twilio.http.async_http_client import AsyncTwilioHttpClient
 from twilio.http.response import Response
@@ -162,14 +164,35 @@ class TwilioGateway:
     async def close(self) -> None:
         await self.http_client.close()
 
-    async def send(self, to: str, body: str, status_callback: str | None = None) -> SendOutcome:
-        """Ask Twilio to send `body` to `to` once; never raises for anything Twilio or the network does."""
+    async def send(
+        self,
+        to: str,
+        body: str,
+        status_callback: str | None = None,
+        *,
+        media_urls: Sequence[str] | None = None,
+        validity_period: int | None = None,
+        smart_encoded: bool = False,
+    ) -> SendOutcome:
+        """Ask Twilio to send `body` to `to` once; never raises for anything Twilio or the network does.
+
+        `media_urls` become repeated `MediaUrl` (an MMS; `body` may then be empty), `validity_period` is
+        `ValidityPeriod` in seconds, `smart_encoded` sends `SmartEncoded=true`.
+        """
+        options: dict[str, Any] = {}
+        if media_urls:
+            options["media_url"] = list(media_urls)
+        if validity_period is not None:
+            options["validity_period"] = validity_period
+        if smart_encoded:
+            options["smart_encoded"] = True
         try:
             message = await self.client.messages.create_async(
                 to=to,
-                body=body,
+                body=body if body else values.unset,
                 messaging_service_sid=self.messaging_service_sid,
                 status_callback=status_callback,
+                **options,
             )
         except TwilioRestException as error:
             return _outcome_of_error_response(error)

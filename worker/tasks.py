@@ -10,6 +10,7 @@ from celery import Task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from shared.broadcast_control import release_due_deferred_chunks, release_scheduled_broadcasts
 from shared.completion import (
     callback_retry_delay,
     complete_broadcasts,
@@ -23,7 +24,9 @@ from shared.sweeper import sweep
 from shared.task_queue import (
     COMPLETE_BROADCASTS_TASK,
     NOTIFY_COMPLETION_TASK,
+    RELEASE_DEFERRED_TASK,
     RELEASE_DUE_RETRIES_TASK,
+    RELEASE_SCHEDULED_TASK,
     SEND_CHUNK_TASK,
     SWEEP_TASK,
     enqueue_completion_callbacks,
@@ -106,3 +109,29 @@ def notify_completion_task(self: Task, broadcast_id: str) -> None:
         raise self.retry(countdown=random.uniform(*INFRASTRUCTURE_RETRY_COUNTDOWN_SECONDS)) from error
     if attempt.should_retry:
         raise self.retry(countdown=callback_retry_delay(attempt.attempt))
+
+
+@celery_app.task(name=RELEASE_SCHEDULED_TASK)
+def release_scheduled_task() -> None:
+    """Scheduled broadcasts whose send_at has come: queued, and their chunks enqueued."""
+    try:
+        with session_scope(sending_resources().session_factory) as session:
+            released = release_scheduled_broadcasts(session, celery_app)
+    except (OperationalError, InterfaceError, RedisError) as error:
+        logger.warning("scheduled broadcasts not released this run: %s", type(error).__name__)
+        return
+    if released:
+        logger.info("released %d scheduled broadcasts", released)
+
+
+@celery_app.task(name=RELEASE_DEFERRED_TASK)
+def release_deferred_task() -> None:
+    """Chunks whose quiet-hours deferral ended are enqueued again."""
+    try:
+        with session_scope(sending_resources().session_factory) as session:
+            chunks = release_due_deferred_chunks(session, celery_app)
+    except (OperationalError, InterfaceError, RedisError) as error:
+        logger.warning("deferred messages not released this run: %s", type(error).__name__)
+        return
+    if chunks:
+        logger.info("re-enqueued %d chunks whose quiet hours ended", chunks)

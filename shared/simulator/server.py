@@ -416,6 +416,7 @@ class Simulator:
             base=base,
             step_seconds=self._current_step_seconds(),
             scheduled=scheduled,
+            options=self._request_options(parameters, media_urls),
         )
         index = self.store.add(record)
         self.accepted += 1
@@ -426,6 +427,16 @@ class Simulator:
         )
         slow = magic is not None and magic.kind is MagicKind.SLOW
         return self.store.resource(index, now), answer_500, slow
+
+    @staticmethod
+    def _request_options(parameters: dict[str, str], media_urls: list[str]) -> dict[str, Any] | None:
+        options: dict[str, Any] = {}
+        if media_urls:
+            options["MediaUrl"] = media_urls
+        for name in ("ValidityPeriod", "SmartEncoded"):
+            if name in parameters:
+                options[name] = parameters[name]
+        return options or None
 
     # --- GET Messages/{Sid}.json and Messages.json
 
@@ -556,6 +567,26 @@ class Simulator:
     def _config_document(self) -> dict[str, Any]:
         return {name: getattr(self.config, name) for name in RUNTIME_OPTIONS}
 
+    async def received_messages(self, request: web.Request) -> web.Response:
+        """What was sent to one number (`?to=`, required): body, segments and the optional parameters."""
+        to = request.query.get("to")
+        if not to:
+            return self._json(400, {"message": "?to= is required"}, twilio_headers=False)
+        items = []
+        for index in self.store.select(to=to):
+            record = self.store.records[index]
+            items.append(
+                {
+                    "sid": self.store.sid(index),
+                    "to": record.to,
+                    "body": record.body,
+                    "num_segments": record.segments,
+                    "num_media": record.num_media,
+                    "parameters": record.options or {},
+                }
+            )
+        return self._json(200, {"messages": items}, twilio_headers=False)
+
     async def summary(self, request: web.Request) -> web.Response:
         store = self.store
         callbacks = self.callbacks.counters.as_dict()
@@ -597,6 +628,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post("/_simulator/config", simulator.configure)
     app.router.add_get("/_simulator/config", simulator.show_config)
     app.router.add_get("/_simulator/summary", simulator.summary)
+    app.router.add_get("/_simulator/messages", simulator.received_messages)
 
     async def start_callbacks(app: web.Application) -> None:
         await simulator.callbacks.start()

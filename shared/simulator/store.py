@@ -57,6 +57,7 @@ class MessageRecord:
         "body",
         "created",
         "num_media",
+        "options",
         "outcome",
         "scheduled",
         "segments",
@@ -79,6 +80,7 @@ class MessageRecord:
         base: float,
         step_seconds: float,
         scheduled: bool,
+        options: dict[str, Any] | None = None,
     ) -> None:
         self.to = to
         self.sender = sender
@@ -91,6 +93,9 @@ class MessageRecord:
         self.base = base
         self.step_seconds = step_seconds
         self.scheduled = scheduled
+        # The request's optional parameters (MediaUrl, ValidityPeriod, SmartEncoded), None when none was sent:
+        # shown by GET /_simulator/messages so tests can see what reached "Twilio".
+        self.options = options
 
     def steps_done(self, now: float) -> int:
         """-1 while scheduled, 0 in the initial status, else how many of the outcome's steps have happened."""

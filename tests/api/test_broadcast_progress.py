@@ -62,6 +62,8 @@ def test_progress_shows_shares_delivery_rate_and_error_codes(
         "delivered": 6,
         "undelivered": 3,
         "retry_scheduled": 2,
+        "skipped": 0,
+        "canceled": 0,
     }
     assert body["progress"] == {
         "submitted": 17,

@@ -48,7 +48,11 @@ def test_accepts_a_broadcast_stores_every_recipient_and_queues_one_task_per_chun
     assert body["status"] == "queued"
     assert body["recipients"] == {"received": 250, "accepted": 250, "duplicates": 0, "invalid": 0}
     assert body["invalid"] == []
-    assert body["message"] == {"characters": 22, "encoding": "GSM-7", "segments": 1}
+    assert {key: body["message"][key] for key in ("characters", "encoding", "segments")} == {
+        "characters": 22,
+        "encoding": "GSM-7",
+        "segments": 1,
+    }
     assert body["chunks"] == 3  # SEND_CHUNK_SIZE is 100
     assert body["links"] == {
         "self": f"/v1/broadcasts/{body['id']}",
@@ -245,7 +249,8 @@ def test_a_1600_character_message_is_accepted(client: FlaskClient, auth: dict[st
     response = post_broadcast(client, auth, {"message": "x" * 1600, "recipients": ["+447700900123"]})
 
     assert response.status_code == 202
-    assert response.get_json()["message"] == {"characters": 1600, "encoding": "GSM-7", "segments": 11}
+    message = response.get_json()["message"]
+    assert (message["characters"], message["encoding"], message["segments"]) == (1600, "GSM-7", 11)
 
 
 def test_malformed_json_is_400(client: FlaskClient, auth: dict[str, str]) -> None:

@@ -1,0 +1,69 @@
+"""Marshmallow schemas for scheduling, quiet hours and the opt-out list (issue 4)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
+
+from shared.opt_outs import MAX_REASON_LENGTH
+from shared.quiet_hours import HH_MM_PATTERN
+
+MAX_OPT_OUTS_PER_REQUEST = 10_000
+MAX_OPT_OUTS_PAGE = 1_000
+HH_MM = validate.Regexp(HH_MM_PATTERN, error="Must be a time as HH:MM, 00:00 to 23:59.")
+
+
+class QuietHoursSchema(Schema):
+    """`{"start": "21:00", "end": "08:00"}`: the recipient's local times between which nothing is sent."""
+
+    start = fields.String(required=True, validate=HH_MM)
+    end = fields.String(required=True, validate=HH_MM)
+
+    @validates_schema
+    def _not_empty(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if data.get("start") == data.get("end"):
+            raise ValidationError("start and end must differ.", "end")
+
+
+def quiet_hours_view(broadcast: Any) -> dict[str, str] | None:
+    if not broadcast.quiet_hours_start:
+        return None
+    return {"start": broadcast.quiet_hours_start, "end": broadcast.quiet_hours_end}
+
+
+class RescheduleSchema(Schema):
+    send_at = fields.AwareDateTime(format="iso", required=True)
+
+
+class OptOutsQuerySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    search = fields.String(load_default=None, validate=validate.Length(max=20))
+    cursor = fields.String()
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_OPT_OUTS_PAGE))
+
+
+class OptOutsCreateSchema(Schema):
+    """`{"numbers": [...], "reason": "..."}` or `{"number": "...", "reason": "..."}`."""
+
+    number = fields.String(load_default=None)
+    numbers = fields.List(
+        fields.Raw(),
+        load_default=None,
+        validate=validate.Length(min=1, max=MAX_OPT_OUTS_PER_REQUEST),
+    )
+    reason = fields.String(load_default=None, validate=validate.Length(max=MAX_REASON_LENGTH))
+
+    @validates_schema
+    def _one_of(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        if (data.get("number") is None) == (data.get("numbers") is None):
+            raise ValidationError("Give either `number` or `numbers`.", "numbers")
+
+
+class OptOutSchema(Schema):
+    phone_number = fields.String(data_key="number")
+    source = fields.String()
+    reason = fields.String()
+    created_at = fields.AwareDateTime()
