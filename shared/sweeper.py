@@ -30,6 +30,7 @@ from shared.models import BroadcastStatus, MessageState
 from shared.phone_numbers import mask_phone_number
 from shared.sending import SendingResources, mark_broadcast_submitted_if_finished
 from shared.task_queue import SEND_QUEUE, enqueue_chunks
+from shared.templates import parse_template
 from shared.twilio_gateway import TwilioLookupError
 
 logger = logging.getLogger(__name__)
@@ -135,7 +136,7 @@ def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) ->
     rows = session.execute(
         text(
             "SELECT m.id, m.broadcast_id, m.chunk_number, m.to_number, m.state, m.attempts, m.claimed_until, "
-            "b.body FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id "
+            "b.body, b.is_template, m.variables FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id "
             "WHERE m.state IN (:sending, :unknown) "
             "AND m.claimed_until < now() - make_interval(secs => :grace) "
             "ORDER BY m.claimed_until LIMIT :limit"
@@ -156,7 +157,8 @@ def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) ->
             row.state,
             row.attempts,
             row.claimed_until,
-            row.body,
+            # A template's message was rendered for its recipient: Twilio has that text, not the template.
+            parse_template(row.body).render(row.variables) if row.is_template else row.body,
         )
         for row in rows
     ]
