@@ -53,6 +53,8 @@ def test_progress_counts_messages_in_each_state(
         "delivered": 0,
         "undelivered": 0,
         "retry_scheduled": 0,
+        "skipped": 0,
+        "canceled": 0,
     }
     assert body["status"] == "queued"
     assert body["body"] == "hi"

@@ -156,4 +156,6 @@ def test_progress_counts_every_state_including_empty_ones(db_session: Session) -
         "delivered": 0,
         "undelivered": 0,
         "retry_scheduled": 0,
+        "skipped": 0,
+        "canceled": 0,
     }
