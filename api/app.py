@@ -9,7 +9,10 @@ from flask import Flask
 
 from api import broadcast_controls, broadcasts, health, inbound, opt_outs
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
+from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
+from api.openapi import init_openapi
+from api.request_logging import init_request_logging
 from api.webhooks import init_webhooks
 from shared.db import create_database_engine, create_session_factory
 from shared.settings import Settings
@@ -48,4 +51,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(broadcast_controls.blueprint)
     app.register_blueprint(opt_outs.blueprint)
     app.register_blueprint(inbound.blueprint)
+    init_dashboard(app, settings)  # issue 5: /dashboard/ pages, signed in with an API key
+    init_request_logging(app)  # issue 5: X-Request-Id, one log line per request
+    init_openapi(app)  # issue 5: /openapi.json and /docs, built from the routes registered above
     return app

@@ -6,11 +6,12 @@ Recommended: `gunicorn -w 2 -k gthread --threads 4 -b 0.0.0.0:$WEBHOOK_PORT api.
 
 from __future__ import annotations
 
-import logging
-
+from api.request_logging import init_request_logging
 from api.webhook_app import create_webhook_app
+from shared.logging_config import configure_logging
 from shared.settings import load_settings
 
 settings = load_settings()
-logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+configure_logging(settings, "webhook")
 app = create_webhook_app(settings)
+init_request_logging(app)

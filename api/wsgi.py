@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import logging
-
 from api.app import create_app
+from shared.logging_config import configure_logging
 from shared.settings import load_settings
 
 settings = load_settings()
-logging.basicConfig(
-    level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-)
+configure_logging(settings, "api")
 app = create_app(settings)

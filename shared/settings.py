@@ -117,11 +117,17 @@ class Settings:
         default="",
     )
     price_currency: str = _env("PRICE_CURRENCY", "Currency of the prices above", default="USD")
+    dashboard_secret_key: str | None = _env(
+        "DASHBOARD_SECRET_KEY",
+        "Signs dashboard sign-in cookies; unset: derived from TWILIO_AUTH_TOKEN, else random per process",
+        default=None,
+    )
     port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
     data_dir: str = _env(
         "BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms"
     )
     log_level: str = _env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO")
+    log_format: str = _env("LOG_FORMAT", "json, text, or auto (text on a terminal, else json)", default="auto")
 
     def require(self, *attribute_names: str) -> None:
         """Fail with a message naming every missing setting among `attribute_names`."""

@@ -7,11 +7,11 @@ the fork, and every task of that process reuses them.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 from celery import signals
 
+from shared.logging_config import configure_logging, connect_celery_task_context
 from shared.sending import LEASE_SAFETY_MARGIN_SECONDS, SendingResources
 from shared.settings import Settings, SettingsError, load_settings
 from shared.task_queue import create_celery_app
@@ -58,13 +58,11 @@ def sending_resources() -> SendingResources:
 
 @signals.setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s [%(processName)s] %(name)s: %(message)s",
-    )
-    # Per-request chatter from the libraries costs CPU at hundreds of messages a second.
-    for noisy in ("twilio", "aiohttp", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    # JSON lines carrying the task id and broadcast id of the task in hand (shared.logging_config).
+    configure_logging(settings, "worker")
+
+
+connect_celery_task_context()
 
 
 @signals.worker_process_init.connect

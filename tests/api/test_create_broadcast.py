@@ -46,7 +46,14 @@ def test_accepts_a_broadcast_stores_every_recipient_and_queues_one_task_per_chun
     assert response.status_code == 202
     body = response.get_json()
     assert body["status"] == "queued"
-    assert body["recipients"] == {"received": 250, "accepted": 250, "duplicates": 0, "invalid": 0, "opted_out": 0, "deferred": 0}
+    assert body["recipients"] == {
+        "received": 250,
+        "accepted": 250,
+        "duplicates": 0,
+        "invalid": 0,
+        "opted_out": 0,
+        "deferred": 0,
+    }
     assert body["invalid"] == []
     assert {key: body["message"][key] for key in ("characters", "encoding", "segments")} == {
         "characters": 22,
@@ -88,7 +95,14 @@ def test_normalises_numbers_and_collapses_duplicates(
     response = post_broadcast(client, auth, {"message": "hi", "recipients": recipients})
 
     assert response.status_code == 202
-    assert response.get_json()["recipients"] == {"received": 5, "accepted": 3, "duplicates": 2, "invalid": 0, "opted_out": 0, "deferred": 0}
+    assert response.get_json()["recipients"] == {
+        "received": 5,
+        "accepted": 3,
+        "duplicates": 2,
+        "invalid": 0,
+        "opted_out": 0,
+        "deferred": 0,
+    }
     stored = db_session.scalars(select(Message.to_number).order_by(Message.id)).all()
     assert stored == ["+447700900123", "+12025550100", "+33612345678"]
 
@@ -136,7 +150,14 @@ def test_skip_mode_sends_to_the_valid_numbers_and_reports_the_rest(
 
     assert response.status_code == 202
     body = response.get_json()
-    assert body["recipients"] == {"received": 4, "accepted": 2, "duplicates": 1, "invalid": 1, "opted_out": 0, "deferred": 0}
+    assert body["recipients"] == {
+        "received": 4,
+        "accepted": 2,
+        "duplicates": 1,
+        "invalid": 1,
+        "opted_out": 0,
+        "deferred": 0,
+    }
     assert [(entry["index"], entry["value"]) for entry in body["invalid"]] == [(1, "not a number")]
     assert db_session.scalars(select(Message.to_number).order_by(Message.id)).all() == [
         "+447700900123",

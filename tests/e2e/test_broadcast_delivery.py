@@ -100,7 +100,14 @@ def test_thousand_recipients_each_sent_exactly_once(
     # The same people written the way people write numbers: collapsed, never sent twice.
     spelled_differently = [f"+1 (555) {n[5:8]}-{n[8:]}" for n in recipients[:50]]
     intake = submit(api_client, api_key, recipients + spelled_differently)
-    assert intake["recipients"] == {"received": 1050, "accepted": 1000, "duplicates": 50, "invalid": 0}
+    assert intake["recipients"] == {
+        "received": 1050,
+        "accepted": 1000,
+        "duplicates": 50,
+        "invalid": 0,
+        "opted_out": 0,
+        "deferred": 0,
+    }
     assert intake["chunks"] == 10
 
     workers.start_worker()
