@@ -251,7 +251,11 @@ def index() -> str:
         abort(400, "That page link is not valid; start again from the newest broadcasts.")
     counts = state_counts_by_broadcast(db_session(), [broadcast.id for broadcast in page.items])
     rows = [
-        {"broadcast": broadcast, "total": sum(counts[broadcast.id].values()), "groups": state_groups(counts[broadcast.id])}
+        {
+            "broadcast": broadcast,
+            "total": sum(counts[broadcast.id].values()),
+            "groups": state_groups(counts[broadcast.id]),
+        }
         for broadcast in page.items
     ]
     return render_template("dashboard/index.html", rows=rows, next_cursor=page.next_cursor, first_page=cursor is None)
@@ -301,6 +305,7 @@ def broadcast_page(broadcast_id: str) -> str:
         progress=progress,
         summary=progress.summary(),
         groups=state_groups(progress.counts),
+        state_rows=[(state, progress.counts[state]) for _, _, states, _ in STATE_GROUPS for state in states],
         failures=failures,
         chart=chart,
         export_url=export_url(broadcast.id),
@@ -387,17 +392,25 @@ def activity_chart(activity: Activity) -> Chart:
     time_format = "%H:%M:%S" if activity.width < timedelta(minutes=1) else "%H:%M"
     if activity.buckets[-1].start - activity.start >= timedelta(days=1):
         time_format = "%d %b %H:%M"
-    sends, receipts, x_ticks = [], [], []
+    sends: list[Bar] = []
+    receipts: list[Bar] = []
+    x_ticks: list[Tick] = []
     label_every = max(1, -(-len(buckets) // MAX_X_LABELS))
     for index, bucket in enumerate(buckets):
         left = PLOT_LEFT + index * slot + slot * 0.1
         when = bucket.start.astimezone(UTC).strftime(time_format)
-        for bars, value, offset, noun in ((sends, bucket.sends, 0.0, "sent"), (receipts, bucket.receipts, 1.0, "receipts")):
+        for bars, value, offset, noun in (
+            (sends, bucket.sends, 0.0, "sent"),
+            (receipts, bucket.receipts, 1.0, "receipts"),
+        ):
             height = plot_height * value / highest
-            bars.append(Bar(left + offset * bar_width, PLOT_BOTTOM - height, bar_width, height, f"{when}: {value:,} {noun}"))
+            bars.append(
+                Bar(left + offset * bar_width, PLOT_BOTTOM - height, bar_width, height, f"{when}: {value:,} {noun}")
+            )
         if index % label_every == 0:
             x_ticks.append(Tick(PLOT_LEFT + index * slot, when))
-    y_ticks = [Tick(PLOT_BOTTOM - plot_height * share, f"{int(highest * share):,}") for share in (0, 0.5, 1)]
+    shares = (0, 0.5, 1) if highest % 2 == 0 else (0, 1)
+    y_ticks = [Tick(PLOT_BOTTOM - plot_height * share, f"{int(highest * share):,}") for share in shares]
     return Chart(
         width=CHART_WIDTH,
         height=CHART_HEIGHT,

@@ -32,8 +32,9 @@ SCHEDULE_MAX_LEAD = timedelta(days=35)
 # A flag outlives any chunk in flight; the claim guard covers what happens after it expires.
 HALT_FLAG_TTL_SECONDS = 24 * 3600
 HALT_CHECK_INTERVAL_SECONDS = 1.0
-# Statuses whose pending rows may be claimed.
-SENDABLE_STATUSES = (BroadcastStatus.QUEUED, BroadcastStatus.SENDING)
+# Statuses whose pending rows may be claimed. `submitted` too: a delivery retry (30003/30008) is released back
+# to `pending` after every recipient had its first outcome, and must still be sent.
+SENDABLE_STATUSES = (BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED)
 PAUSABLE_STATUSES = (BroadcastStatus.QUEUED, BroadcastStatus.SENDING)
 CANCELABLE_STATUSES = (
     BroadcastStatus.SCHEDULED,

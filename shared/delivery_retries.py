@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_scope
-from shared.models import MessageState
+from shared.models import BroadcastStatus, MessageState
 from shared.task_queue import enqueue_chunks
 
 logger = logging.getLogger(__name__)
@@ -92,15 +92,30 @@ def release_due_retries(
     )
     released = session.execute(
         text(
-            "UPDATE messages SET state = :pending, twilio_sid = NULL, twilio_status = NULL, error_code = NULL, "
+            # A late callback can schedule a retry after its broadcast was canceled: such a message is canceled
+            # here instead of sent again, or it would sit in `pending` forever and the broadcast never complete.
+            "UPDATE messages AS m SET state = CASE WHEN b.status = :canceled_broadcast THEN :canceled "
+            "ELSE :pending END, "
+            "twilio_sid = NULL, twilio_status = NULL, error_code = NULL, "
             "error_message = NULL, retry_due_at = NULL, final_at = NULL, sent_at = NULL, claimed_until = NULL, "
             "updated_at = now() "
-            "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = :scheduled "
-            "RETURNING id, broadcast_id, chunk_number, attempts"
+            "FROM broadcasts AS b "
+            "WHERE b.id = m.broadcast_id AND m.id = ANY(CAST(:ids AS bigint[])) AND m.state = :scheduled "
+            "RETURNING m.id, m.broadcast_id, m.chunk_number, m.attempts, m.state"
         ),
-        {"ids": [row.id for row in rows], "pending": MessageState.PENDING, "scheduled": MessageState.RETRY_SCHEDULED},
+        {
+            "ids": [row.id for row in rows],
+            "pending": MessageState.PENDING,
+            "canceled": MessageState.CANCELED,
+            "canceled_broadcast": BroadcastStatus.CANCELED,
+            "scheduled": MessageState.RETRY_SCHEDULED,
+        },
     ).all()
-    return [ReleasedMessage(row.id, row.broadcast_id, row.chunk_number, row.attempts) for row in released]
+    return [
+        ReleasedMessage(row.id, row.broadcast_id, row.chunk_number, row.attempts)
+        for row in released
+        if row.state == MessageState.PENDING
+    ]
 
 
 def chunks_of(released: list[ReleasedMessage]) -> dict[uuid.UUID, list[int]]:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from api.dashboard import activity_chart, session_secret_key
 from shared.api_keys import revoke_api_key
-from shared.broadcast_activity import bucket_width, broadcast_activity
+from shared.broadcast_activity import broadcast_activity, bucket_width
 from shared.error_codes import ERROR_CODES, describe_error_code
 from shared.models import BroadcastStatus
 from shared.settings import Settings
@@ -95,8 +95,13 @@ def test_the_cookie_is_secure_over_https(app: Flask, key: SignedKey) -> None:
 def test_sign_in_returns_to_the_page_asked_for_but_never_to_another_site(client: FlaskClient, key: SignedKey) -> None:
     page = client.get("/dashboard/sign-in")
     token = csrf_from(page.get_data(as_text=True))
-    for asked, expected in (("/dashboard/broadcasts/abc", "/dashboard/broadcasts/abc"), ("//evil.example/", "/dashboard/")):
-        response = client.post("/dashboard/sign-in", data={"csrf_token": token, "api_key": key.plaintext, "next": asked})
+    for asked, expected in (
+        ("/dashboard/broadcasts/abc", "/dashboard/broadcasts/abc"),
+        ("//evil.example/", "/dashboard/"),
+    ):
+        response = client.post(
+            "/dashboard/sign-in", data={"csrf_token": token, "api_key": key.plaintext, "next": asked}
+        )
         assert response.headers["Location"] == expected
         token = csrf_from(client.get("/dashboard/").get_data(as_text=True))
 
@@ -166,7 +171,11 @@ def test_the_list_is_newest_first_and_paginated(signed_in: FlaskClient, key: Sig
 
 def test_another_keys_broadcast_is_not_found(signed_in: FlaskClient, db_session: Session) -> None:
     other = seed_broadcast(db_session, new_key(db_session, "other").api_key)
-    for path in (f"/dashboard/broadcasts/{other.id}", f"/dashboard/broadcasts/{uuid.uuid4()}", "/dashboard/broadcasts/x"):
+    for path in (
+        f"/dashboard/broadcasts/{other.id}",
+        f"/dashboard/broadcasts/{uuid.uuid4()}",
+        "/dashboard/broadcasts/x",
+    ):
         response = signed_in.get(path)
         assert response.status_code == 404
         assert "No broadcast of yours has that id" in response.get_data(as_text=True)
@@ -266,7 +275,23 @@ def test_bucket_widths_keep_the_chart_under_sixty_bars(span: timedelta, width: t
 
 
 def test_every_code_the_brief_names_has_advice() -> None:
-    for code in (21211, 21408, 21610, 21612, 21614, 21617, 20003, 20429, 30001, 30003, 30004, 30005, 30006, 30007, 30008):
+    for code in (
+        21211,
+        21408,
+        21610,
+        21612,
+        21614,
+        21617,
+        20003,
+        20429,
+        30001,
+        30003,
+        30004,
+        30005,
+        30006,
+        30007,
+        30008,
+    ):
         info = describe_error_code(code)
         assert info is not None and info.meaning and info.action, code
     assert describe_error_code(None) is None and describe_error_code(1) is None

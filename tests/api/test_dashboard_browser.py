@@ -140,8 +140,13 @@ class Browser:
 async def _with_browser(artifacts: Path, user_data: Path, scenario: Any) -> None:
     log = (artifacts / "dashboard-chromium.log").open("wb")
     process = subprocess.Popen(
-        [chromium_executable(), *CHROMIUM_FLAGS, f"--user-data-dir={user_data}", "--remote-debugging-port=0",
-         "about:blank"],
+        [
+            chromium_executable(),
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={user_data}",
+            "--remote-debugging-port=0",
+            "about:blank",
+        ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )

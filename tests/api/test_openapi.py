@@ -71,8 +71,15 @@ def test_docs_page_is_self_contained_html(client: FlaskClient) -> None:
     assert response.status_code == 200
     assert response.mimetype == "text/html"
     page = response.get_data(as_text=True)
-    for expected in ("/v1/broadcasts/{broadcast_id}/messages", "Idempotency-Key", "application/problem+json",
-                     "X-Twilio-Signature", "Authorization: Bearer", "/webhooks/twilio/status", "415"):
+    for expected in (
+        "/v1/broadcasts/{broadcast_id}/messages",
+        "Idempotency-Key",
+        "application/problem+json",
+        "X-Twilio-Signature",
+        "Authorization: Bearer",
+        "/webhooks/twilio/status",
+        "415",
+    ):
         assert expected in page, expected
     assert "<script" not in page and "http://" not in page and "https://cdn" not in page
 

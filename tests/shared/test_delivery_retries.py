@@ -171,6 +171,23 @@ def test_released_retries_enqueue_each_chunk_once(
     assert tuple(archived) == (250, 1)
 
 
+def test_a_retry_due_after_its_broadcast_was_canceled_is_canceled_not_sent(
+    db_session: Session, celery_app: Celery, redis_client: redis.Redis, engine: Any
+) -> None:
+    # A late 30003 callback scheduled these retries after the broadcast had been canceled.
+    broadcast = create_broadcast(db_session, numbers(4))
+    schedule_retries(db_session, broadcast.id)
+    db_session.execute(text("UPDATE broadcasts SET status = 'canceled' WHERE id = :id"), {"id": broadcast.id})
+    db_session.commit()
+
+    report = release_and_enqueue_due_retries(create_session_factory(engine), celery_app)
+
+    assert report.released == 0
+    assert redis_client.llen(SEND_QUEUE) == 0
+    db_session.expire_all()
+    assert {m.state for m in messages_of(db_session, broadcast.id)} == {MessageState.CANCELED}
+
+
 def test_a_release_holding_the_rows_makes_a_concurrent_one_skip_them(db_session: Session, engine: Any) -> None:
     broadcast = create_broadcast(db_session, numbers(5))
     schedule_retries(db_session, broadcast.id)
