@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import schemathesis
 from flask import Flask
 from flask.testing import FlaskClient
@@ -61,8 +60,8 @@ def test_document_describes_authentication_and_problem_responses(client: FlaskCl
 
 def test_document_is_valid_openapi(client: FlaskClient) -> None:
     document = client.get("/openapi.json").get_json()
-    for name, schema in document["components"]["schemas"].items():
-        OAS30Validator.check_schema(schema), name
+    for schema in document["components"]["schemas"].values():
+        OAS30Validator.check_schema(schema)
     schemathesis.openapi.from_dict(document)  # raises on a document it cannot load
 
 
