@@ -7,10 +7,11 @@ import logging
 import redis
 from flask import Flask
 
-from api import broadcast_controls, broadcasts, health, inbound, opt_outs
+from api import broadcast_controls, broadcasts, exports, health, inbound, opt_outs
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
+from api.metrics import init_metrics
 from api.openapi import init_openapi
 from api.request_logging import init_request_logging
 from api.webhooks import init_webhooks
@@ -50,8 +51,11 @@ def create_app(settings: Settings) -> Flask:
     # Issue 4: pause/resume/cancel/reschedule, the opt-out list, and STOP/START replies (needs the database).
     app.register_blueprint(broadcast_controls.blueprint)
     app.register_blueprint(opt_outs.blueprint)
+    app.register_blueprint(exports.blueprint)  # issue 5: GET /v1/broadcasts/{id}/messages.csv
     app.register_blueprint(inbound.blueprint)
     init_dashboard(app, settings)  # issue 5: /dashboard/ pages, signed in with an API key
     init_request_logging(app)  # issue 5: X-Request-Id, one log line per request
+    services = app.extensions[EXTENSION_NAME]
+    init_metrics(app, settings, services.redis_client, services.session_factory)  # issue 5: GET /metrics
     init_openapi(app)  # issue 5: /openapi.json and /docs, built from the routes registered above
     return app

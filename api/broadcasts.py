@@ -13,6 +13,7 @@ from flask import Blueprint, Response, jsonify, request, url_for
 from api.auth import require_api_key
 from api.broadcast_controls import check_schedule
 from api.context import db_session, services
+from api.csv_intake import csv_broadcast_request, is_csv_upload, with_line_numbers
 from api.errors import ApiProblem
 from api.schemas import (
     MAX_IDEMPOTENCY_KEY_LENGTH,
@@ -60,7 +61,9 @@ def _links(broadcast: Broadcast) -> dict[str, str]:
 def _json_body() -> Any:
     """The request body parsed as JSON: 415 if it is not declared JSON, 413 if too large, 400 if malformed."""
     if not request.is_json:
-        raise ApiProblem(415, "Send the request body as JSON with `Content-Type: application/json`.")
+        raise ApiProblem(
+            415, "Send JSON (`application/json`), a CSV (`text/csv`) or a CSV upload (`multipart/form-data`)."
+        )
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
         return json.loads(raw)
@@ -87,7 +90,12 @@ def _idempotency_key() -> str | None:
 def create() -> tuple[Response, int, dict[str, str]]:
     started = time.perf_counter()
     api_key = require_api_key()
-    broadcast_request = broadcast_request_schema.load(_json_body())
+    # A CSV (issue 5, api.csv_intake) gives the same request; `csv_lines` maps recipients to CSV lines for reports.
+    csv_lines = None
+    if is_csv_upload():
+        broadcast_request, csv_lines = csv_broadcast_request()
+    else:
+        broadcast_request = broadcast_request_schema.load(_json_body())
     check_schedule(broadcast_request)  # 422 when send_at is too soon or too far ahead
     idempotency_key = _idempotency_key()
     if broadcast_request.callback_url is not None and not api_key.signing_secret:
@@ -126,7 +134,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
             + (" Send `on_invalid: skip` to send to the valid ones only." if error.valid_count else ""),
             problem="invalid-recipients",
             errors={"recipients": [f"{error.invalid_count} invalid phone number(s)"]},
-            invalid=error.invalid_sample,
+            invalid=with_line_numbers(error.invalid_sample, csv_lines),
             invalid_count=error.invalid_count,
         ) from None
     except TemplateRecipientsError as error:
@@ -137,7 +145,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
             "nothing was stored. Give the values, or a default: `{name|default}`.",
             problem="template-variables",
             errors={"recipients": [f"{error.problem_count} recipient(s) cannot be rendered"]},
-            recipients=error.problems,
+            recipients=with_line_numbers(error.problems, csv_lines),
             recipients_count=error.problem_count,
         ) from None
     except ContentLimitError as error:
@@ -171,6 +179,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
             "" if enqueued else ", FAILED: left to the sweeper",
         )
     body = broadcast_schema.dump(broadcast)
+    body["invalid"] = with_line_numbers(body["invalid"] or [], csv_lines)
     body["cost"] = cost_report(broadcast, pricing)
     if result.dry_run:
         body["dry_run"] = True

@@ -12,6 +12,7 @@ import redis.exceptions
 from flask import Blueprint, Flask, Response, current_app, jsonify
 
 from api.errors import PROBLEM_TYPE_BASE, problem_response, register_error_handlers
+from api.metrics import init_metrics
 from api.webhooks import EXTENSION_NAME, WebhookServices, init_webhooks
 from shared.settings import Settings
 
@@ -52,4 +53,5 @@ def create_webhook_app(settings: Settings) -> Flask:
     register_error_handlers(app)
     init_webhooks(app, settings)
     app.register_blueprint(health_blueprint)
+    init_metrics(app, settings, app.extensions[EXTENSION_NAME].redis_client)  # Redis only: no database gauges
     return app

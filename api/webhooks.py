@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hmac
 import logging
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +21,7 @@ from twilio.request_validator import RequestValidator
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from api.errors import PROBLEM_TYPE_BASE, problem_response
+from shared.metrics import CALLBACKS_RECEIVED, MetricsRecorder, callback_status_label, record_webhook_request
 from shared.settings import Settings
 from shared.status_queue import CallbackWriter
 
@@ -40,6 +42,7 @@ class WebhookServices:
     redis_client: redis.Redis  # health checks
     writer: CallbackWriter  # the hot path's XADD
     public_base_url: str | None
+    metrics: MetricsRecorder = field(default_factory=MetricsRecorder)  # flushed to Redis about once a second
 
 
 def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | None = None) -> None:
@@ -112,7 +115,18 @@ def signature_is_valid(validator: RequestValidator, url: str, form: Mapping[str,
 
 @blueprint.post(STATUS_CALLBACK_PATH)
 def twilio_status_callback() -> Response:
+    started = time.perf_counter()
     services = _services()
+    code = 503  # a RedisError on the way out
+    try:
+        response = accept_status_callback(services)
+        code = response.status_code
+        return response
+    finally:
+        record_webhook_request(services.metrics, services.redis_client, code, time.perf_counter() - started)
+
+
+def accept_status_callback(services: WebhookServices) -> Response:
     signature = request.headers.get(SIGNATURE_HEADER)
     parameters = read_form()
     if (
@@ -138,4 +152,5 @@ def twilio_status_callback() -> Response:
     # A RedisError propagates to the 503 handler in api.errors: not queued, so Twilio must retry.
     arguments = request.args
     services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"))
+    services.metrics.increment(CALLBACKS_RECEIVED, {"status": callback_status_label(parameters["MessageStatus"])})
     return Response(status=204)

@@ -32,6 +32,7 @@ from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from shared.cli_operator import register_operator_commands
 from shared.settings import Settings, SettingsError, load_settings, settings_documentation
 from shared.stack import (
     EXIT_CONFIGURATION_ERROR,
@@ -459,6 +460,10 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
         ],
     ),
     ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
+    (
+        "The client commands (`bulksms send`, `status`, `export`, `opt-outs`, ...): where the API is, and the key.",
+        ["BULKSMS_API_URL", "BULKSMS_API_KEY"],
+    ),
 ]
 # Read by docker-compose.yml only.
 COMPOSE_VARIABLES = [
@@ -597,6 +602,9 @@ def beat(ctx: click.Context, schedule: str | None) -> None:
             *ctx.args,
         ]
     )
+
+
+register_operator_commands(cli)  # send, status, list, pause, resume, cancel, export, opt-outs, doctor
 
 
 def main() -> None:

@@ -38,10 +38,25 @@ from tenacity.stop import stop_base
 from shared.broadcast_control import HaltCallable, HaltCheck, cancel_leftovers_of_canceled, prepare_chunk_claim
 from shared.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
 from shared.db import create_database_engine, create_session_factory, session_scope
+from shared.metrics import (
+    TWILIO_RATE_LIMITED,
+    TWILIO_REQUEST_DURATION,
+    TWILIO_REQUESTS,
+    MetricsRecorder,
+    record_send_metrics,
+)
 from shared.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
 from shared.outgoing_content import OutgoingContent, load_outgoing_content
 from shared.settings import Settings
-from shared.twilio_gateway import Accepted, Ambiguous, Permanent, Retryable, SendOutcome, TwilioGateway
+from shared.twilio_gateway import (
+    RATE_LIMITED_REASON,
+    Accepted,
+    Ambiguous,
+    Permanent,
+    Retryable,
+    SendOutcome,
+    TwilioGateway,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -357,11 +372,13 @@ async def send_messages(
     retry_policy: RetryPolicy,
     deadline: float,
     halted: HaltCallable | None = None,
+    metrics: MetricsRecorder | None = None,
 ) -> list[tuple[ClaimedMessage, SendOutcome]]:
     """Send all messages concurrently, each holding a concurrency slot only while its request is in flight.
 
     `halted` (the broadcast was paused or canceled) is asked before each request: once true, the rest are
-    released unsent (back to `pending`) without further retries.
+    released unsent (back to `pending`) without further retries. `metrics` gets every request's result and
+    latency (buffered in-process; the caller flushes it).
     """
 
     # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
@@ -374,7 +391,12 @@ async def send_messages(
                 return Retryable("no concurrency slot before the claim's deadline")
             if halted is not None and await halted():
                 return Retryable(HALTED_REASON)
-            return await gateway.send(message.to_number, content.body_for(message.variables), callback_url, **options)
+            text_body = content.body_for(message.variables)
+            started = time.perf_counter()
+            outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
+            if metrics is not None:
+                _count_request(metrics, outcome, time.perf_counter() - started)
+            return outcome
 
     async def send_one(message: ClaimedMessage) -> SendOutcome:
         # The slot is released before each backoff sleep (it is taken inside `attempt`).
@@ -395,6 +417,39 @@ async def send_messages(
 
     outcomes = await asyncio.gather(*(send_one(message) for message in messages))
     return list(zip(messages, outcomes, strict=True))
+
+
+def _request_result(outcome: SendOutcome) -> str:
+    if isinstance(outcome, Accepted):
+        return "accepted"
+    if isinstance(outcome, Permanent):
+        return "failed"
+    if isinstance(outcome, Ambiguous):
+        return "unknown"
+    return "rate_limited" if outcome.reason.startswith(RATE_LIMITED_REASON) else "not_sent"
+
+
+def _count_request(metrics: MetricsRecorder, outcome: SendOutcome, seconds: float) -> None:
+    result = _request_result(outcome)
+    metrics.increment(TWILIO_REQUESTS, {"result": result})
+    metrics.observe(TWILIO_REQUEST_DURATION, {"result": result}, seconds)
+    if result == "rate_limited":
+        metrics.increment(TWILIO_RATE_LIMITED)
+
+
+def _flush_chunk_metrics(
+    resources: SendingResources,
+    metrics: MetricsRecorder,
+    result: ChunkResult,
+    results: Sequence[tuple[ClaimedMessage, SendOutcome]],
+) -> None:
+    """The chunk's outcomes and its requests' latencies, written to Redis in one round trip (never raises)."""
+    record_send_metrics(
+        metrics,
+        {"accepted": result.accepted, "failed": result.failed, "unknown": result.unknown, "released": result.released},
+        [outcome.code for _, outcome in results if isinstance(outcome, Permanent)],
+    )
+    resources.run(metrics.flush_async(resources.redis))
 
 
 def _database_retrying() -> Retrying:
@@ -419,6 +474,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
         messages = claim_pending_messages(session, broadcast_id, chunk_number, settings.claim_lease_seconds)
     if not messages:
         return ChunkResult()
+    metrics = MetricsRecorder()
 
     async def send_all() -> list[tuple[ClaimedMessage, SendOutcome]]:
         async with SlotPool(resources.limiter) as slots:
@@ -431,6 +487,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
                 retry_policy=resources.retry_policy,
                 deadline=send_deadline(claimed_at, settings),
                 halted=HaltCheck(resources.redis, broadcast_id),
+                metrics=metrics,
             )
 
     results = resources.run(send_all())
@@ -438,6 +495,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
         with attempt, session_scope(resources.session_factory) as session:
             record_send_outcomes(session, broadcast_id, results)
     result = ChunkResult.of(results)
+    _flush_chunk_metrics(resources, metrics, result, results)
     logger.info(
         "broadcast %s chunk %d: %d claimed, %d accepted, %d failed, %d unknown, %d released",
         broadcast_id,

@@ -128,6 +128,12 @@ class Settings:
     )
     log_level: str = _env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR", default="INFO")
     log_format: str = _env("LOG_FORMAT", "json, text, or auto (text on a terminal, else json)", default="auto")
+    api_url: str | None = _env(
+        "BULKSMS_API_URL",
+        "API the client commands (send, status, ...) talk to; unset: http://127.0.0.1:PORT",
+        default=None,
+    )
+    api_key: str | None = _env("BULKSMS_API_KEY", "API key of the client commands (bulksms keys create)", default=None)
 
     def require(self, *attribute_names: str) -> None:
         """Fail with a message naming every missing setting among `attribute_names`."""

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.db import session_scope
 from shared.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
+from shared.metrics import record_applied_callbacks
 from shared.models import UNFINISHED_MESSAGE_STATES, MessageState
 from shared.sending import mark_broadcast_submitted_if_finished
 from shared.settings import Settings
@@ -667,6 +668,7 @@ def drain_status_stream(
             with session_scope(session_factory) as session:
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
+            record_applied_callbacks(redis_client, [_first(c.parameters.get("MessageStatus")) for c in batch], applied)
             report.batches += 1
             report.callbacks += len(batch)
             report.totals.add(applied)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -36,6 +37,9 @@ from shared.twilio_gateway import TwilioLookupError
 logger = logging.getLogger(__name__)
 
 SWEEP_LOCK_KEY = "bulksms:sweeper-lock"
+# Unix time of the latest sweep beat scheduled: `bulksms doctor` reads it to tell whether beat is alive.
+SWEEP_HEARTBEAT_KEY = "bulksms:sweeper-heartbeat"
+SWEEP_HEARTBEAT_TTL_SECONDS = 86_400
 # A broadcast the API committed this recently may still be being enqueued by the API itself.
 UNENQUEUED_AGE_SECONDS = 5
 # Rows reconciled per sweep, and Twilio lookups in flight at once for them (inside the global cap).
@@ -303,6 +307,7 @@ def sweep(resources: SendingResources, app: Celery) -> SweepReport:
     report = SweepReport()
     lock = resources.redis.lock(SWEEP_LOCK_KEY, timeout=max(300, settings.sweeper_interval_seconds * 10))
     try:
+        resources.run(resources.redis.set(SWEEP_HEARTBEAT_KEY, f"{time.time():.3f}", ex=SWEEP_HEARTBEAT_TTL_SECONDS))
         acquired = resources.run(lock.acquire(blocking=False))
     except RedisError as error:
         logger.warning("sweep skipped: Redis unavailable (%s)", type(error).__name__)

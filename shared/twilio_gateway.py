@@ -32,6 +32,8 @@ from shared.settings import TWILIO_DEFAULT_API_BASE_URL, Settings
 logger = logging.getLogger(__name__)
 
 TOO_MANY_REQUESTS_CODE = 20429
+# The reason of every 429 / 20429 outcome: metrics count rate limiting by it (shared.metrics).
+RATE_LIMITED_REASON = "too many requests"
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +242,7 @@ def _outcome_of_error_response(error: TwilioRestException) -> SendOutcome:
     status = int(error.status)
     code = int(error.code) if error.code is not None else None
     if status == 429 or code == TOO_MANY_REQUESTS_CODE:
-        return Retryable(f"too many requests ({code or status})")
+        return Retryable(f"{RATE_LIMITED_REASON} ({code or status})")
     if status >= 500:
         return Ambiguous(f"Twilio answered HTTP {status}")
     # 21211, 21610, 21612, 21614, 21408, 21617, 20003, 21602 and every other 4xx: sending again cannot help.
