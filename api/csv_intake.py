@@ -56,7 +56,7 @@ class BroadcastOptionsSchema(BroadcastRequestSchema):
     phone_column = fields.String(load_default=DEFAULT_PHONE_COLUMN, validate=validate.Length(min=1, max=200))
 
     @post_load
-    def _to_request(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:  # type: ignore[override]
+    def _to_request(self, data: dict[str, Any], **_kwargs: Any) -> dict[str, Any]:
         # Overrides the parent's hook: the request is built by `to_request` once the recipients are read.
         return data
 
@@ -119,7 +119,7 @@ def _raw_options() -> dict[str, Any]:
 
 def _csv_source() -> IO[bytes]:
     if request.mimetype == CSV_MIMETYPE:
-        return request.stream  # type: ignore[return-value]  # 413 past MAX_CONTENT_LENGTH
+        return request.stream  # 413 past MAX_CONTENT_LENGTH
     upload = request.files.get(FILE_PART)  # spooled to a temporary file above 500 KB
     if upload is None:
         raise ApiProblem(

@@ -10,6 +10,7 @@ import redis
 from flask import Blueprint, Flask, Response, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
+from api.webhooks import EXTENSION_NAME as WEBHOOKS_EXTENSION_NAME
 from shared.metrics import render_metrics
 from shared.settings import Settings
 
@@ -31,4 +32,7 @@ def init_metrics(
 def metrics() -> Response:
     """Prometheus metrics (text exposition format 0.0.4): sends, Twilio latency, queues, callbacks."""
     redis_client, session_factory, settings = current_app.extensions[EXTENSION_NAME]
+    webhook_services = current_app.extensions.get(WEBHOOKS_EXTENSION_NAME)
+    if webhook_services is not None:  # this process's buffered webhook counts first, so they are never a scrape late
+        webhook_services.metrics.flush(webhook_services.redis_client)
     return Response(render_metrics(redis_client, session_factory, settings), content_type=CONTENT_TYPE)

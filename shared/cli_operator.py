@@ -13,6 +13,7 @@ import functools
 import io
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +92,13 @@ def client_options(function: F) -> F:
 
 def api_url_of(settings: Settings, api_url: str | None = None) -> str:
     return (api_url or settings.api_url or f"http://127.0.0.1:{settings.port}").rstrip("/")
+
+
+def broadcast_id_argument(_context: click.Context, _parameter: click.Parameter, value: str) -> str:
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a broadcast id (a UUID, as `bulksms list` shows)") from None
 
 
 def make_client(api_url: str | None, api_key: str | None, require_key: bool = True) -> ApiClient:
@@ -395,7 +403,7 @@ def send(
     if send_at:
         options["send_at"] = send_at
     if window:
-        options["quiet_hours"] = f"{window[0]}-{window[1]}"
+        options["quiet_hours_start"], options["quiet_hours_end"] = window
     if on_invalid:
         options["on_invalid"] = on_invalid
 
@@ -518,7 +526,7 @@ def print_tally(view: dict[str, Any], elapsed_seconds: float | None = None) -> N
 
 
 @click.command()
-@click.argument("broadcast_id")
+@click.argument("broadcast_id", callback=broadcast_id_argument)
 @click.option("--watch", "-w", is_flag=True, help="Live progress until the broadcast finishes.")
 @click.option("--until", type=click.Choice(["submitted", "completed"]), default="completed", show_default=True)
 @client_options
@@ -539,19 +547,21 @@ def status(broadcast_id: str, watch: bool, until: str, api_url: str | None, api_
 def list_command(limit: int, api_url: str | None, api_key: str | None) -> None:
     """List your broadcasts, newest first."""
     client = make_client(api_url, api_key)
-    table = Table("id", "status", "created", "recipients", "cost", "message")
+    table = Table("id", "status", "created (UTC)", "recipients", "segments", "estimated cost")
+    for column in table.columns[:3]:
+        column.no_wrap = True
     shown = 0
     for item in client.broadcasts(limit=min(limit, 200)):
         recipients = item.get("recipients") or {}
+        segments = ((item.get("message") or {}).get("segments_per_recipient") or {}).get("total")
         cost = item.get("cost") or {}
-        body = str(item.get("body") or "")
         table.add_row(
             str(item.get("id")),
             str(item.get("status")),
-            str(item.get("created_at", ""))[:19].replace("T", " "),
+            str(item.get("created_at", ""))[:16].replace("T", " "),
             f"{int(recipients.get('accepted') or 0):,}",
+            "" if segments is None else f"{int(segments):,}",
             format_money(cost.get("estimated"), str(cost.get("currency", ""))) if cost else "",
-            body if len(body) <= 40 else body[:39] + "…",
         )
         shown += 1
         if shown >= limit:
@@ -559,12 +569,14 @@ def list_command(limit: int, api_url: str | None, api_key: str | None) -> None:
     if not shown:
         console.print("no broadcasts yet: send one with `bulksms send contacts.csv --message ...`")
         return
-    console.print(table)
+    # Piped output has no terminal width to fit: keep each broadcast on one line for grep and awk.
+    output = console if console.is_terminal else Console(highlight=False, width=160, file=sys.stdout)
+    output.print(table)
 
 
 def control_command(action: str, past: str, help_text: str) -> click.Command:
     @click.command(action, help=help_text)
-    @click.argument("broadcast_id")
+    @click.argument("broadcast_id", callback=broadcast_id_argument)
     @client_options
     @api_command
     def command(broadcast_id: str, api_url: str | None, api_key: str | None) -> None:
@@ -609,7 +621,7 @@ def messages_as_csv(client: ApiClient, broadcast_id: str, state: str | None) -> 
 
 
 @click.command()
-@click.argument("broadcast_id")
+@click.argument("broadcast_id", callback=broadcast_id_argument)
 @click.option("--output", "-o", type=click.Path(dir_okay=False, writable=True), help="File to write (default: stdout).")
 @click.option("--state", help="Only messages in this state (delivered, failed, skipped, ...).")
 @client_options

@@ -124,7 +124,9 @@ def test_the_api_publishes_its_port_and_checks_readiness() -> None:
 
 def test_the_simulator_only_runs_under_its_profile() -> None:
     assert SERVICES["simulator"]["profiles"] == ["simulator"]
-    assert all("profiles" not in service for name, service in SERVICES.items() if name != "simulator")
+    assert SERVICES["prometheus"]["profiles"] == ["metrics"]
+    optional = ("simulator", "prometheus")
+    assert all("profiles" not in service for name, service in SERVICES.items() if name not in optional)
 
 
 def test_depends_on_conditions_can_be_met() -> None:
