@@ -8,7 +8,9 @@ Every test starts from empty tables and an empty Redis database.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -50,13 +52,21 @@ def artifacts_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def server_directory(name: str) -> Path:
+    """A data folder for an embedded server, outside pytest's numbered temp folders: pytest deletes the oldest of
+    those when other pytest sessions start, which would pull the data out from under a running server."""
+    return Path(tempfile.mkdtemp(prefix=f"bulksms-test-{name}-"))
+
+
 @pytest.fixture(scope="session")
-def embedded_postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres]:
+def embedded_postgres() -> Iterator[EmbeddedPostgres]:
     """A PostgreSQL server of the suite's own: tests that stop and restart the database use this one."""
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("postgres"))
+    directory = server_directory("postgres")
+    server = EmbeddedPostgres(directory)
     server.start()
     yield server
     server.stop()
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -65,7 +75,7 @@ def database_url(environment_settings: Settings, tmp_path_factory: pytest.TempPa
     if environment_settings.database_url:
         server_url = environment_settings.database_url
     else:
-        embedded = EmbeddedPostgres(tmp_path_factory.mktemp("postgres-main"))
+        embedded = EmbeddedPostgres(server_directory("postgres-main"))
         server_url = embedded.start()
     database_name = f"bulksms_test_{os.getpid()}"
     admin_engine = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT")
@@ -80,6 +90,7 @@ def database_url(environment_settings: Settings, tmp_path_factory: pytest.TempPa
     admin_engine.dispose()
     if embedded is not None:
         embedded.stop()
+        shutil.rmtree(embedded.data_directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
@@ -88,10 +99,11 @@ def redis_url(environment_settings: Settings, tmp_path_factory: pytest.TempPathF
         parts = urlsplit(environment_settings.redis_url)
         yield urlunsplit((parts.scheme, parts.netloc, "/15", parts.query, parts.fragment))
         return
-    server = EmbeddedRedis(tmp_path_factory.mktemp("redis-main"))
+    server = EmbeddedRedis(server_directory("redis-main"))
     server.start()
     yield server.url
     server.stop()
+    shutil.rmtree(server.data_directory, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
