@@ -1,7 +1,7 @@
 """Status callbacks: accepted per second by the webhook (and its p99), applied per second by the consumers.
 
-A loopback load generator (asyncio + aiohttp, 64 keep-alive connections, every request signed beforehand like
-Twilio signs it) posts `--callbacks` callbacks (`sent` then `delivered` for `--callbacks / 2` messages) to the
+A loopback load generator (`wrk -t2 -c64` with bench/callbacks_wrk.lua when wrk is installed, else asyncio +
+aiohttp with 64 keep-alive connections; every request signed beforehand like Twilio signs it) posts `--callbacks` callbacks (`sent` then `delivered` for `--callbacks / 2` messages) to the
 webhook service under gunicorn, then the same number of requests to a bare Flask endpoint that only answers 204
 under the same gunicorn setup: the ratio is the figure that matters on a noisy machine. Then a Celery worker on
 `sms.status` (with beat) applies the queued backlog to PostgreSQL, and the applied rate is read from the
@@ -22,7 +22,11 @@ import hmac
 import json
 import os
 import platform
+import re
+import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -126,11 +130,54 @@ async def load(base_url: str, prepared: list[tuple[str, bytes, str]], connection
     }
 
 
+def write_request_file(path: Path, prepared: list[tuple[str, bytes, str]]) -> Path:
+    """The callbacks for the wrk script, one per line: path with query, signature, form body (tab-separated)."""
+    with path.open("w") as file:
+        for request_path, body, signature in prepared:
+            file.write(f"{request_path}\t{signature}\t{body.decode()}\n")
+    return path
+
+
+def wrk_load(base_url: str, requests_file: Path, connections: int, threads: int) -> dict[str, Any]:
+    """Post every request of `requests_file` once with wrk; the script reports the wall-clock rate and statuses
+    (wrk itself only stops on its duration: SIGINT once every thread has had all its answers)."""
+    marker = requests_file.with_suffix(".done")
+    for thread in range(1, threads + 1):
+        Path(f"{marker}.{thread}").unlink(missing_ok=True)
+    command = [
+        "wrk", f"-t{threads}", f"-c{connections}", "-d600s", "--timeout", "10s", "--latency",
+        "-s", str(REPOSITORY_ROOT / "bench" / "callbacks_wrk.lua"), base_url,
+        "--", str(requests_file), str(threads), str(marker),
+    ]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not all(Path(f"{marker}.{thread}").exists() for thread in range(1, threads + 1)):
+        if process.poll() is not None:
+            break
+        time.sleep(0.05)
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    output, _ = process.communicate(timeout=60)
+    found = re.search(r"^BENCH_RESULT (.*)$", output, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"wrk gave no result:\n{output}")
+    result = json.loads(found.group(1))
+    # wrk's own --latency distribution (it also counts the few 404 fillers sent while the last answers arrive)
+    percentile = re.search(r"^\s+99%\s+(\S+)$", output, re.MULTILINE)
+    return {
+        "requests": result["answered"],
+        "per_second": round(result["answered"] / result["seconds"]),
+        "p50_ms": round(result["p50_ms"], 2),
+        "p99_ms": round(result["p99_ms"], 2),
+        "wrk_p99": percentile.group(1) if percentile else None,
+        "statuses": {int(status): number for status, number in result["statuses"].items()},
+    }
+
+
 def gunicorn(name: str, app: str, port: int, arguments: argparse.Namespace, environment: dict[str, str]) -> Any:
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(arguments.workers),
         "--worker-class", arguments.worker_class, "--threads", str(arguments.threads),
-        "--keep-alive", "30", "--backlog", "2048", "--pythonpath", str(REPOSITORY_ROOT / "bench"), app,
+        "--keep-alive", str(arguments.keep_alive), "--backlog", "2048", "--pythonpath", str(REPOSITORY_ROOT / "bench"), app,
     ]  # fmt: skip
     return ManagedProcess(
         name, command, environment, log_path=REPOSITORY_ROOT / ".bulksms" / "bench-logs" / f"{name}.log"
@@ -147,6 +194,9 @@ def main() -> None:
     parser.add_argument("--consumer-processes", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--timeout-seconds", type=float, default=900)
+    parser.add_argument("--generator", choices=("auto", "wrk", "aiohttp"), default="auto")
+    parser.add_argument("--wrk-threads", type=int, default=2)
+    parser.add_argument("--keep-alive", type=int, default=30, help="gunicorn --keep-alive seconds")
     parser.add_argument("--accept-only", action="store_true", help="measure the webhook only (no consumer run)")
     arguments = parser.parse_args()
     message_count = arguments.callbacks // 2
@@ -237,17 +287,36 @@ def main() -> None:
         wait_for_port(bare_port)
         time.sleep(2)
 
+        generator = arguments.generator
+        if generator == "auto":
+            generator = "wrk" if shutil.which("wrk") else "aiohttp"
         print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+        print(f"load average at start: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
         print(
-            f"gunicorn: {arguments.workers} x {arguments.worker_class}, {arguments.threads} threads; "
-            f"load: {arguments.connections} connections, {len(prepared):,} callbacks"
+            f"gunicorn: {arguments.workers} x {arguments.worker_class}, {arguments.threads} threads, keep-alive "
+            f"{arguments.keep_alive} s; load generator: {generator}, {arguments.connections} connections"
+            + (f", {arguments.wrk_threads} threads" if generator == "wrk" else "")
+            + f", {len(prepared):,} callbacks"
         )
-        warm_up = prepared[: min(2000, len(prepared))]
-        asyncio.run(load(f"http://127.0.0.1:{bare_port}", warm_up, arguments.connections))
-        bare = asyncio.run(load(f"http://127.0.0.1:{bare_port}", prepared, arguments.connections))
-        print(f"bare 204 endpoint:  {bare}")
-        webhook = asyncio.run(load(public_base_url, prepared, arguments.connections))
+        if generator == "wrk":
+            requests_file = write_request_file(work_directory / "callbacks.requests", prepared)
+            warm_up_file = write_request_file(work_directory / "warm-up.requests", prepared[: min(2000, len(prepared))])
+
+            def run(base_url: str, path: Path) -> dict[str, Any]:
+                return wrk_load(base_url, path, arguments.connections, arguments.wrk_threads)
+
+            run(f"http://127.0.0.1:{bare_port}", warm_up_file)
+            bare = run(f"http://127.0.0.1:{bare_port}", requests_file)
+            print(f"bare 204 endpoint:  {bare}")
+            webhook = run(public_base_url, requests_file, len(prepared))
+        else:
+            warm_up = prepared[: min(2000, len(prepared))]
+            asyncio.run(load(f"http://127.0.0.1:{bare_port}", warm_up, arguments.connections))
+            bare = asyncio.run(load(f"http://127.0.0.1:{bare_port}", prepared, arguments.connections))
+            print(f"bare 204 endpoint:  {bare}")
+            webhook = asyncio.run(load(public_base_url, prepared, arguments.connections))
         print(f"webhook (accepted): {webhook}")
+        print(f"load average after: {' '.join(f'{value:.2f}' for value in os.getloadavg())}")
         queued = redis_client.xlen(STREAM_KEY)
         if webhook["statuses"] != {204: len(prepared)} or queued != len(prepared):
             raise RuntimeError(f"webhook: not every callback was accepted and queued ({queued} queued)")
@@ -297,6 +366,7 @@ def main() -> None:
         engine.dispose()
         applied_rate = events / max((last_applied - first_stored).total_seconds(), 1e-9)
         results = {
+            "generator": generator,
             "callbacks": len(prepared),
             "webhook_accepted_per_second": webhook["per_second"],
             "webhook_p99_ms": webhook["p99_ms"],

@@ -250,7 +250,7 @@ def _segments_range(per_recipient: dict[str, Any], message: dict[str, Any]) -> s
     low, high = per_recipient.get("min"), per_recipient.get("max")
     if low is None or high is None or low == high:
         return str(message.get("segments"))
-    return f"{low}–{high}"
+    return f"{low}-{high}"
 
 
 def upload_progress(total_bytes: int) -> Progress:
@@ -521,7 +521,7 @@ def print_tally(view: dict[str, Any], elapsed_seconds: float | None = None) -> N
     error_codes = view.get("error_codes") or []
     if error_codes:
         console.print(
-            "error codes: " + ", ".join(f"{entry.get('error_code')} × {entry.get('count')}" for entry in error_codes)
+            "error codes: " + ", ".join(f"{entry.get('error_code')}: {entry.get('count')}" for entry in error_codes)
         )
 
 

@@ -110,7 +110,7 @@ def check_postgres(environment: Environment) -> list[Check]:
             Check(
                 name,
                 False,
-                f"cannot connect to {mask_url(url)}: {_first_line(error.orig or error)}",
+                f"cannot connect to {mask_url(url)}: {_first_line(getattr(error, 'orig', None) or error)}",
                 "start PostgreSQL or correct DATABASE_URL",
             ),
             Check("migrations", False, "not checked: PostgreSQL is unreachable", "fix PostgreSQL first"),
@@ -145,7 +145,9 @@ def check_redis(environment: Environment) -> Check:
     try:
         client.ping()
     except redis.RedisError as error:
-        return Check("Redis", False, f"cannot reach {mask_url(url)}: {_first_line(error)}", "start Redis or fix REDIS_URL")
+        return Check(
+            "Redis", False, f"cannot reach {mask_url(url)}: {_first_line(error)}", "start Redis or fix REDIS_URL"
+        )
     finally:
         client.close()
     return Check("Redis", True, f"reachable at {mask_url(url)}")
@@ -200,7 +202,9 @@ def check_twilio(environment: Environment) -> list[Check]:
     try:
         account = client.api.v2010.accounts(settings.twilio_account_sid).fetch()
         checks.append(
-            Check("Twilio credentials", True, f"account {account.sid} ({account.status or 'status unknown'}) at {where}")
+            Check(
+                "Twilio credentials", True, f"account {account.sid} ({account.status or 'status unknown'}) at {where}"
+            )
         )
     except TwilioRestException as error:
         if error.status in (401, 403):
@@ -292,7 +296,7 @@ def _is_private_host(host: str) -> bool:
     except OSError:
         return False  # unknown here: Twilio may still resolve it
     for address in addresses:
-        ip = ipaddress.ip_address(address.split("%")[0])
+        ip = ipaddress.ip_address(str(address).split("%")[0])
         if ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved or ip.is_unspecified:
             return True
     return False
@@ -306,7 +310,9 @@ def check_public_base_url(environment: Environment) -> Check:
     if not real_twilio:
         return Check(name, True, f"{url or 'unset'} (not checked: the workers do not send to api.twilio.com)")
     if not url:
-        return Check(name, False, "unset: Twilio cannot deliver status callbacks", "set it to your public https address")
+        return Check(
+            name, False, "unset: Twilio cannot deliver status callbacks", "set it to your public https address"
+        )
     parts = urlsplit(url)
     if parts.scheme != "https":
         return Check(name, False, f"{url} is not https", "use the https address Twilio reaches you at")
@@ -328,7 +334,7 @@ def check_workers(environment: Environment) -> Check:
     app = create_celery_app(environment.settings)
     try:
         replies = app.control.ping(timeout=PING_TIMEOUT_SECONDS)
-    except Exception as error:  # noqa: BLE001 - kombu raises many kinds; all mean "could not ask"
+    except Exception as error:  # kombu raises many kinds; all mean "could not ask"
         return Check("Celery workers", False, f"could not ask: {_first_line(error)}", "check REDIS_URL")
     finally:
         app.close()

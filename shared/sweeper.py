@@ -301,13 +301,17 @@ async def _queue_length(resources: SendingResources) -> int:
     return int(await resources.redis.llen(SEND_QUEUE))
 
 
+async def _write_heartbeat(resources: SendingResources) -> None:
+    await resources.redis.set(SWEEP_HEARTBEAT_KEY, f"{time.time():.3f}", ex=SWEEP_HEARTBEAT_TTL_SECONDS)
+
+
 def sweep(resources: SendingResources, app: Celery) -> SweepReport:
     """One pass of every recovery, under a Redis lock so two sweeps never overlap."""
     settings = resources.settings
     report = SweepReport()
     lock = resources.redis.lock(SWEEP_LOCK_KEY, timeout=max(300, settings.sweeper_interval_seconds * 10))
     try:
-        resources.run(resources.redis.set(SWEEP_HEARTBEAT_KEY, f"{time.time():.3f}", ex=SWEEP_HEARTBEAT_TTL_SECONDS))
+        resources.run(_write_heartbeat(resources))
         acquired = resources.run(lock.acquire(blocking=False))
     except RedisError as error:
         logger.warning("sweep skipped: Redis unavailable (%s)", type(error).__name__)
