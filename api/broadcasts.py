@@ -68,9 +68,7 @@ def _json_body() -> Any:
     try:
         return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
-        raise ApiProblem(
-            400, f"The request body is not valid JSON: {error}", problem="malformed-json"
-        ) from None
+        raise ApiProblem(400, f"The request body is not valid JSON: {error}", problem="malformed-json") from None
 
 
 def _idempotency_key() -> str | None:

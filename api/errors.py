@@ -106,9 +106,7 @@ def _validation_error(error: ValidationError) -> Response:
 
 def _dependency_unavailable(error: Exception) -> Response:
     dependency = "PostgreSQL" if isinstance(error, OperationalError | InterfaceError) else "Redis"
-    logger.warning(
-        "%s unreachable during %s %s: %s", dependency, request.method, request.path, type(error).__name__
-    )
+    logger.warning("%s unreachable during %s %s: %s", dependency, request.method, request.path, type(error).__name__)
     return problem_response(
         503,
         f"{dependency} is unreachable, so the request was not carried out (nothing was stored). Retry later.",

@@ -41,9 +41,7 @@ class RecipientList(fields.Field):
         if not value:
             raise ValidationError("Must contain at least one phone number.")
         if len(value) > MAX_RECIPIENTS:
-            raise ValidationError(
-                f"Must contain at most {MAX_RECIPIENTS:,} phone numbers (got {len(value):,})."
-            )
+            raise ValidationError(f"Must contain at most {MAX_RECIPIENTS:,} phone numbers (got {len(value):,}).")
         return value
 
 

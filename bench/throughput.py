@@ -134,9 +134,21 @@ def main() -> None:
             ManagedProcess(
                 "simulator",
                 [
-                    sys.executable, "-m", "shared.simulator", "--host", "127.0.0.1", "--port", str(simulator_port),
-                    "--account-sid", ACCOUNT_SID, "--auth-token", AUTH_TOKEN,
-                    "--latency-ms", str(arguments.latency_ms), "--max-concurrency", str(arguments.max_concurrency),
+                    sys.executable,
+                    "-m",
+                    "shared.simulator",
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(simulator_port),
+                    "--account-sid",
+                    ACCOUNT_SID,
+                    "--auth-token",
+                    AUTH_TOKEN,
+                    "--latency-ms",
+                    str(arguments.latency_ms),
+                    "--max-concurrency",
+                    str(arguments.max_concurrency),
                     "--no-callbacks",
                 ],
                 base_environment,
@@ -172,8 +184,20 @@ def main() -> None:
         processes.append(
             ManagedProcess(
                 "api",
-                [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{api_port}", "--workers", "1",
-                 "--threads", "4", "--timeout", "120", "api.wsgi:app"],
+                [
+                    sys.executable,
+                    "-m",
+                    "gunicorn",
+                    "--bind",
+                    f"127.0.0.1:{api_port}",
+                    "--workers",
+                    "1",
+                    "--threads",
+                    "4",
+                    "--timeout",
+                    "120",
+                    "api.wsgi:app",
+                ],
                 environment,
                 log_path=logs / "api.log",
                 working_directory=REPOSITORY_ROOT,
@@ -182,9 +206,22 @@ def main() -> None:
         processes.append(
             ManagedProcess(
                 "worker",
-                [sys.executable, "-m", "celery", "-A", "worker.app", "worker", "--queues", "sms.send,sms.maintenance,sms.status",
-                 "--concurrency", str(arguments.worker_processes), "--loglevel", "WARNING",
-                 "--without-mingle", "--without-gossip"],
+                [
+                    sys.executable,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "worker.app",
+                    "worker",
+                    "--queues",
+                    "sms.send,sms.maintenance,sms.status",
+                    "--concurrency",
+                    str(arguments.worker_processes),
+                    "--loglevel",
+                    "WARNING",
+                    "--without-mingle",
+                    "--without-gossip",
+                ],
                 environment,
                 log_path=logs / "worker.log",
                 working_directory=REPOSITORY_ROOT,
@@ -254,8 +291,10 @@ def main() -> None:
         print(f"bulksms ({arguments.recipients:,} recipients, POST to last outcome): {end_to_end_rate:,.0f} msg/s")
         print(f"bulksms first send to last send: {sending_rate:,.0f} msg/s")
         print(f"ratio to the ideal sender: {end_to_end_rate / ideal_rate:.2f} (target >= 0.80)")
-        print(f"duplicates at the simulator: {summary['duplicate_count']}, lost: {lost}, "
-              f"20429 answers: {summary['rejected_429']}, max in flight: {summary['max_in_flight']}")
+        print(
+            f"duplicates at the simulator: {summary['duplicate_count']}, lost: {lost}, "
+            f"20429 answers: {summary['rejected_429']}, max in flight: {summary['max_in_flight']}"
+        )
         results_directory = REPOSITORY_ROOT / "bench" / "results"
         results_directory.mkdir(exist_ok=True)
         (results_directory / "throughput.json").write_text(json.dumps(results, indent=2, default=str))

@@ -215,9 +215,7 @@ def _copy_recipients_with_variables(
 
 def find_idempotent_broadcast(session: Session, api_key_id: int, idempotency_key: str) -> Broadcast | None:
     return session.scalar(
-        select(Broadcast).where(
-            Broadcast.api_key_id == api_key_id, Broadcast.idempotency_key == idempotency_key
-        )
+        select(Broadcast).where(Broadcast.api_key_id == api_key_id, Broadcast.idempotency_key == idempotency_key)
     )
 
 
@@ -372,9 +370,7 @@ def enqueue_broadcast(session: Session, celery_app: Celery, broadcast: Broadcast
     try:
         enqueue_chunks(celery_app, broadcast.id, range(broadcast.chunk_count))
     except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError):
-        logger.warning(
-            "broadcast %s stored but not enqueued (broker unreachable); the sweeper will", broadcast.id
-        )
+        logger.warning("broadcast %s stored but not enqueued (broker unreachable); the sweeper will", broadcast.id)
         return False
     try:
         session.execute(
@@ -396,9 +392,7 @@ def message_state_counts(session: Session, broadcast_id: uuid.UUID) -> dict[str,
     """How many of the broadcast's messages are in each state (every state present, zeros included)."""
     counts = {state.value: 0 for state in MessageState}
     rows = session.execute(
-        select(Message.state, func.count())
-        .where(Message.broadcast_id == broadcast_id)
-        .group_by(Message.state)
+        select(Message.state, func.count()).where(Message.broadcast_id == broadcast_id).group_by(Message.state)
     )
     for state, count in rows:
         counts[state] = count
@@ -440,9 +434,7 @@ def list_broadcasts(session: Session, api_key_id: int, *, cursor: str | None, li
         except (KeyError, TypeError, ValueError) as error:
             raise InvalidCursorError("not a cursor from this API") from error
         query = query.where(tuple_(Broadcast.created_at, Broadcast.id) < tuple_(created_at, after_id))
-    rows = list(
-        session.scalars(query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit + 1))
-    )
+    rows = list(session.scalars(query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit + 1)))
     next_cursor = None
     if len(rows) > limit:
         rows = rows[:limit]

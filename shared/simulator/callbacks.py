@@ -125,9 +125,7 @@ class CallbackJob:
 class CallbackDispatcher:
     """Schedules and posts status callbacks; `pending` counts messages whose callbacks are not finished."""
 
-    def __init__(
-        self, store: MessageStore, auth_token: str, workers: int = 20, backlog_limit: int = 200_000
-    ) -> None:
+    def __init__(self, store: MessageStore, auth_token: str, workers: int = 20, backlog_limit: int = 200_000) -> None:
         self.store = store
         self.auth_token = auth_token.encode()
         self.workers = workers
@@ -169,10 +167,7 @@ class CallbackDispatcher:
     def _schedule_step(self, job: CallbackJob) -> None:
         record = self.store.records[job.index]
         # No callback for the initial status: with an explicit From that is already "queued".
-        while (
-            job.step <= len(record.outcome.steps)
-            and record.outcome.steps[job.step - 1] == record.initial_status
-        ):
+        while job.step <= len(record.outcome.steps) and record.outcome.steps[job.step - 1] == record.initial_status:
             job.step += 1
         if job.step > len(record.outcome.steps):
             self.pending -= 1

@@ -86,9 +86,7 @@ class HttpPoster:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as error:
             raise PostFailure("ct") from error
 
-    async def _connection(
-        self, target: Target, connect_timeout: float, fresh: bool = False
-    ) -> tuple[Connection, bool]:
+    async def _connection(self, target: Target, connect_timeout: float, fresh: bool = False) -> tuple[Connection, bool]:
         key = (target.secure, target.host, target.port)
         idle = self._idle.get(key)
         while idle and not fresh:
@@ -113,9 +111,7 @@ class HttpPoster:
             self._ssl_context = ssl.create_default_context()
         return self._ssl_context
 
-    async def _exchange(
-        self, target: Target, connection: Connection, request: bytes, read_timeout: float
-    ) -> int:
+    async def _exchange(self, target: Target, connection: Connection, request: bytes, read_timeout: float) -> int:
         reader, writer = connection
         keep = False
         try:
@@ -157,9 +153,7 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bool]:
         elif name == b"transfer-encoding":
             chunked = b"chunked" in value.lower()
         elif name == b"connection":
-            keep_alive = (
-                b"keep-alive" in value.lower() if version != b"HTTP/1.1" else b"close" not in value.lower()
-            )
+            keep_alive = b"keep-alive" in value.lower() if version != b"HTTP/1.1" else b"close" not in value.lower()
     if chunked:
         while True:
             size = int((await reader.readline()).split(b";")[0], 16)

@@ -34,15 +34,9 @@ class MagicNumber:
 MAGIC_NUMBERS: dict[str, MagicNumber] = {
     magic.prefix: magic
     for magic in (
-        MagicNumber(
-            "+15005550001", MagicKind.REJECTED, 21211, None, "invalid 'To' number (Twilio's test number)"
-        ),
-        MagicNumber(
-            "+15005550002", MagicKind.REJECTED, 21612, None, "cannot route to this number (Twilio's)"
-        ),
-        MagicNumber(
-            "+15005550003", MagicKind.REJECTED, 21408, None, "no permission for the region (Twilio's)"
-        ),
+        MagicNumber("+15005550001", MagicKind.REJECTED, 21211, None, "invalid 'To' number (Twilio's test number)"),
+        MagicNumber("+15005550002", MagicKind.REJECTED, 21612, None, "cannot route to this number (Twilio's)"),
+        MagicNumber("+15005550003", MagicKind.REJECTED, 21408, None, "no permission for the region (Twilio's)"),
         MagicNumber("+15005550004", MagicKind.REJECTED, 21610, None, "recipient replied STOP (Twilio's)"),
         MagicNumber("+15005550009", MagicKind.REJECTED, 21614, None, "not a mobile number (Twilio's)"),
         MagicNumber("+15005550013", MagicKind.DELIVERY_FAILS, 30003, "undelivered", "unreachable handset"),
@@ -56,9 +50,7 @@ MAGIC_NUMBERS: dict[str, MagicNumber] = {
             "undelivered",
             "first message to the number unreachable (30003), later ones delivered",
         ),
-        MagicNumber(
-            "+15005550020", MagicKind.SLOW, None, None, "answers 201 after slow_ms (client time-out)"
-        ),
+        MagicNumber("+15005550020", MagicKind.SLOW, None, None, "answers 201 after slow_ms (client time-out)"),
         MagicNumber("+15005550050", MagicKind.SERVER_ERROR, 20500, None, "stored and counted, answers 500"),
     )
 }
@@ -67,8 +59,7 @@ MAGIC_NUMBERS: dict[str, MagicNumber] = {
 REJECTION_MESSAGES: dict[int, str] = {
     21211: "The 'To' number {to} is not a valid phone number.",
     21612: "The 'To' phone number: {to}, is not currently reachable using the 'From' phone number via SMS.",
-    21408: "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: "
-    "{to}.",
+    21408: "Permission to send an SMS has not been enabled for the region indicated by the 'To' number: {to}.",
     21610: "Attempt to send to unsubscribed recipient",
     21614: "'To' number {to} is not a valid mobile number",
 }

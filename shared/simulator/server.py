@@ -347,18 +347,14 @@ class Simulator:
             raise SimulatorError(400, 21603, "A 'From' phone number is required.")
         if service_sid is not None and not MESSAGING_SERVICE_SID_PATTERN.match(service_sid):
             raise SimulatorError(400, 21705, "The Messaging Service Sid is invalid.")
-        if sender is not None and not (
-            E164_PATTERN.match(sender) or ALPHANUMERIC_SENDER_PATTERN.match(sender)
-        ):
+        if sender is not None and not (E164_PATTERN.match(sender) or ALPHANUMERIC_SENDER_PATTERN.match(sender)):
             raise SimulatorError(400, 21212, f"The 'From' number {sender} is not a valid phone number.")
 
         body = parameters.get("Body")
         if not body and not media_urls and not parameters.get("ContentSid"):
             raise SimulatorError(400, 21602, "Message body is required.")
         if body is not None and len(body) > MAX_BODY_CHARACTERS:
-            raise SimulatorError(
-                400, 21617, "The concatenated message body exceeds the 1600 character limit."
-            )
+            raise SimulatorError(400, 21617, "The concatenated message body exceeds the 1600 character limit.")
         if len(media_urls) > MAX_MEDIA_URLS:
             raise SimulatorError(400, 21623, "Too many media urls. A maximum of 10 media urls is allowed.")
 
@@ -382,17 +378,13 @@ class Simulator:
                 raise SimulatorError(400, 35118, "MessagingServiceSid is required to schedule a message.")
             base = parse_send_at(parameters.get("SendAt", ""))
             if not SCHEDULE_MIN_SECONDS <= base - now <= SCHEDULE_MAX_SECONDS:
-                raise SimulatorError(
-                    400, 35115, "SendAt must be between 5 minutes and 35 days in the future."
-                )
+                raise SimulatorError(400, 35115, "SendAt must be between 5 minutes and 35 days in the future.")
             scheduled = True
 
         if media_urls:
             segments = 1
         elif body:
-            body, segments = self._body_and_segments(
-                body, parameters.get("SmartEncoded", "").lower() == "true"
-            )
+            body, segments = self._body_and_segments(body, parameters.get("SmartEncoded", "").lower() == "true")
         else:
             segments = 1
         outcome: Outcome = DELIVERED
@@ -500,9 +492,7 @@ class Simulator:
         now = self.store.now()
         messages = [self.store.resource(index, now) for index in chosen]
 
-        kept = [
-            (name, value) for name, value in query.items() if name not in ("Page", "PageSize", "PageToken")
-        ]
+        kept = [(name, value) for name, value in query.items() if name not in ("Page", "PageSize", "PageToken")]
 
         def page_uri(number: int, token: str | None = None) -> str:
             items = [*kept, ("PageSize", str(page_size)), ("Page", str(number))]

@@ -132,9 +132,7 @@ class RFC2822Clock:
         second = int(timestamp)
         if second != self._second:
             parts = time.gmtime(second)
-            day = (
-                f"{_WEEKDAYS[parts.tm_wday]}, {parts.tm_mday:02d} {_MONTHS[parts.tm_mon - 1]} {parts.tm_year}"
-            )
+            day = f"{_WEEKDAYS[parts.tm_wday]}, {parts.tm_mday:02d} {_MONTHS[parts.tm_mon - 1]} {parts.tm_year}"
             self._text = f"{day} {parts.tm_hour:02d}:{parts.tm_min:02d}:{parts.tm_sec:02d} +0000"
             self._second = second
         return self._text
@@ -221,9 +219,7 @@ class MessageStore:
         if created_from is not None:
             candidates = candidates[bisect_left(candidates, created_from, key=lambda i: records[i].created) :]
         if created_until is not None:
-            candidates = candidates[
-                : bisect_right(candidates, created_until, key=lambda i: records[i].created)
-            ]
+            candidates = candidates[: bisect_right(candidates, created_until, key=lambda i: records[i].created)]
         if sender is not None:
             candidates = [i for i in candidates if records[i].sending_number() == sender]
         return candidates

@@ -51,9 +51,7 @@ def test_a_revoked_key_no_longer_authenticates(db_session: Session) -> None:
     assert revoke_api_key(db_session, api_key.id) is True
     assert authenticate_api_key(db_session, plaintext) is None
     assert revoke_api_key(db_session, 987654) is False
-    assert [(key.name, key.revoked_at is not None) for key in list_api_keys(db_session)] == [
-        ("marketing", True)
-    ]
+    assert [(key.name, key.revoked_at is not None) for key in list_api_keys(db_session)] == [("marketing", True)]
 
 
 def test_list_shows_every_key_oldest_first(db_session: Session) -> None:
@@ -96,9 +94,7 @@ def test_a_revoked_key_is_401(client: FlaskClient, db_session: Session) -> None:
     assert db_session.scalar(select(func.count()).select_from(Broadcast)) == 0
 
 
-def test_a_key_only_sees_its_own_broadcasts(
-    client: FlaskClient, auth: dict[str, str], db_session: Session
-) -> None:
+def test_a_key_only_sees_its_own_broadcasts(client: FlaskClient, auth: dict[str, str], db_session: Session) -> None:
     _, other_key = create_api_key(db_session, "other team")
     other = {"Authorization": f"Bearer {other_key}"}
     broadcast_id = post_broadcast(client, auth, BROADCAST).get_json()["id"]

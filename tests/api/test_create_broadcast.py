@@ -131,9 +131,7 @@ def test_reject_mode_lists_invalid_entries_and_stores_nothing(
 def test_reject_mode_reports_only_the_first_hundred_invalid_entries(
     client: FlaskClient, auth: dict[str, str], db_session: Session
 ) -> None:
-    response = post_broadcast(
-        client, auth, {"message": "hi", "recipients": ["nope"] * 150 + ["+447700900123"]}
-    )
+    response = post_broadcast(client, auth, {"message": "hi", "recipients": ["nope"] * 150 + ["+447700900123"]})
 
     assert response.status_code == 422
     problem = response.get_json()
@@ -169,9 +167,7 @@ def test_skip_mode_sends_to_the_valid_numbers_and_reports_the_rest(
 def test_skip_mode_with_no_valid_number_is_refused(
     client: FlaskClient, auth: dict[str, str], db_session: Session
 ) -> None:
-    response = post_broadcast(
-        client, auth, {"message": "hi", "recipients": ["x", "12"], "on_invalid": "skip"}
-    )
+    response = post_broadcast(client, auth, {"message": "hi", "recipients": ["x", "12"], "on_invalid": "skip"})
 
     assert response.status_code == 422
     assert response.get_json()["invalid_count"] == 2
@@ -196,9 +192,7 @@ def test_same_idempotency_key_and_body_returns_the_original_broadcast(
 def test_same_idempotency_key_with_a_different_body_is_a_conflict(
     client: FlaskClient, auth: dict[str, str], db_session: Session
 ) -> None:
-    first = post_broadcast(
-        client, auth, {"message": "hi", "recipients": ["+447700900123"]}, **{"Idempotency-Key": "k"}
-    )
+    first = post_broadcast(client, auth, {"message": "hi", "recipients": ["+447700900123"]}, **{"Idempotency-Key": "k"})
     other = post_broadcast(
         client, auth, {"message": "hello", "recipients": ["+447700900123"]}, **{"Idempotency-Key": "k"}
     )
@@ -218,9 +212,7 @@ def test_idempotency_keys_are_scoped_to_the_api_key(
     _, other_key = create_api_key(db_session, "other team")
     request_body = {"message": "hi", "recipients": ["+447700900123"]}
     first = post_broadcast(client, auth, request_body, **{"Idempotency-Key": "k"})
-    second = post_broadcast(
-        client, {"Authorization": f"Bearer {other_key}"}, request_body, **{"Idempotency-Key": "k"}
-    )
+    second = post_broadcast(client, {"Authorization": f"Bearer {other_key}"}, request_body, **{"Idempotency-Key": "k"})
 
     assert (first.status_code, second.status_code) == (202, 202)
     assert first.get_json()["id"] != second.get_json()["id"]
@@ -287,9 +279,7 @@ def test_malformed_json_is_400(client: FlaskClient, auth: dict[str, str]) -> Non
 
 
 def test_a_body_that_is_not_json_is_415(client: FlaskClient, auth: dict[str, str]) -> None:
-    response = client.post(
-        "/v1/broadcasts", data="message=hi", headers={**auth, "Content-Type": "text/plain"}
-    )
+    response = client.post("/v1/broadcasts", data="message=hi", headers={**auth, "Content-Type": "text/plain"})
 
     assert response.status_code == 415
     assert response.content_type == PROBLEM_JSON
@@ -299,9 +289,7 @@ def test_a_body_over_the_size_limit_is_413_and_stores_nothing(
     settings: Settings, engine: Any, redis_client: redis.Redis, auth: dict[str, str], db_session: Session
 ) -> None:
     for app in build_app(settings.replace(max_request_bytes=2_000)):
-        response = post_broadcast(
-            app.test_client(), auth, {"message": "hi", "recipients": phone_numbers(200)}
-        )
+        response = post_broadcast(app.test_client(), auth, {"message": "hi", "recipients": phone_numbers(200)})
 
         assert response.status_code == 413
         assert response.content_type == PROBLEM_JSON

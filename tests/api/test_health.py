@@ -45,9 +45,7 @@ def test_readyz_names_redis_when_it_is_unreachable(settings: Settings, engine: A
 
 def test_readyz_names_postgres_when_it_is_unreachable(settings: Settings, redis_client: Any) -> None:
     closed_port = find_free_port()
-    for app in build_app(
-        settings.replace(database_url=f"postgresql://bulksms@127.0.0.1:{closed_port}/bulksms")
-    ):
+    for app in build_app(settings.replace(database_url=f"postgresql://bulksms@127.0.0.1:{closed_port}/bulksms")):
         response = app.test_client().get("/readyz")
 
         assert response.status_code == 503

@@ -25,14 +25,9 @@ def set_state(db_session: Session, broadcast_id: str, ids: list[int], state: str
     db_session.commit()
 
 
-def test_progress_counts_messages_in_each_state(
-    client: FlaskClient, auth: dict[str, str], db_session: Session
-) -> None:
+def test_progress_counts_messages_in_each_state(client: FlaskClient, auth: dict[str, str], db_session: Session) -> None:
     broadcast_id = create(client, auth, 20)
-    ids = [
-        item["id"]
-        for item in client.get(f"/v1/broadcasts/{broadcast_id}/messages", headers=auth).json["items"]
-    ]
+    ids = [item["id"] for item in client.get(f"/v1/broadcasts/{broadcast_id}/messages", headers=auth).json["items"]]
     set_state(db_session, broadcast_id, ids[:5], "accepted")
     set_state(db_session, broadcast_id, ids[5:7], "failed")
     set_state(db_session, broadcast_id, ids[7:8], "unknown")
@@ -63,9 +58,7 @@ def test_progress_counts_messages_in_each_state(
     assert body["first_send_at"] is None and body["submitted_at"] is None
 
 
-def test_message_paging_walks_every_message_exactly_once_in_order(
-    client: FlaskClient, auth: dict[str, str]
-) -> None:
+def test_message_paging_walks_every_message_exactly_once_in_order(client: FlaskClient, auth: dict[str, str]) -> None:
     broadcast_id = create(client, auth, 250)
     create(client, auth, 30, start=5000)  # another broadcast's messages must not appear
 
@@ -96,9 +89,7 @@ def test_message_paging_filters_by_state_and_keeps_the_filter_in_the_next_link(
     failed_ids = [item["id"] for item in items[::3]]
     set_state(db_session, broadcast_id, failed_ids, "failed")
 
-    first = client.get(
-        f"/v1/broadcasts/{broadcast_id}/messages?state=failed&limit=2", headers=auth
-    ).get_json()
+    first = client.get(f"/v1/broadcasts/{broadcast_id}/messages?state=failed&limit=2", headers=auth).get_json()
     assert parse_qs(urlsplit(first["links"]["next"]).query)["state"] == ["failed"]
     second = client.get(first["links"]["next"], headers=auth).get_json()
 
@@ -119,9 +110,7 @@ def test_bad_paging_parameters_are_refused(client: FlaskClient, auth: dict[str, 
     assert bad_limit.status_code == 422 and "limit" in bad_limit.get_json()["errors"]
 
 
-def test_broadcast_list_is_newest_first_and_pages_through_all(
-    client: FlaskClient, auth: dict[str, str]
-) -> None:
+def test_broadcast_list_is_newest_first_and_pages_through_all(client: FlaskClient, auth: dict[str, str]) -> None:
     created = [create(client, auth, 1, start=index) for index in range(5)]
 
     seen: list[str] = []

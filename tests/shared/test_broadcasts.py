@@ -38,9 +38,7 @@ NUMBERS = [f"+4477009001{index:02d}" for index in range(10)]
 def test_chunks_hold_consecutive_recipients_in_request_order(db_session: Session) -> None:
     api_key, _ = create_api_key(db_session, "tests")
 
-    result = create_broadcast(
-        db_session, api_key_id=api_key.id, request=BroadcastRequest("hi", NUMBERS), chunk_size=3
-    )
+    result = create_broadcast(db_session, api_key_id=api_key.id, request=BroadcastRequest("hi", NUMBERS), chunk_size=3)
 
     assert result.created and result.broadcast.chunk_count == 4
     rows = db_session.execute(select(Message.to_number, Message.chunk_number).order_by(Message.id)).all()
@@ -49,9 +47,7 @@ def test_chunks_hold_consecutive_recipients_in_request_order(db_session: Session
     assert result.broadcast.enqueued_at is None  # intake stores; enqueueing is a separate step
 
 
-def test_concurrent_requests_with_one_idempotency_key_create_one_broadcast(
-    engine: Engine, db_session: Session
-) -> None:
+def test_concurrent_requests_with_one_idempotency_key_create_one_broadcast(engine: Engine, db_session: Session) -> None:
     api_key, _ = create_api_key(db_session, "tests")
     session_factory = create_session_factory(engine)
     results: list[IntakeResult] = []
@@ -105,9 +101,7 @@ def test_enqueue_sets_enqueued_at_and_queues_every_chunk(
     settings: Settings, db_session: Session, redis_client: redis.Redis
 ) -> None:
     api_key, _ = create_api_key(db_session, "tests")
-    result = create_broadcast(
-        db_session, api_key_id=api_key.id, request=BroadcastRequest("hi", NUMBERS), chunk_size=4
-    )
+    result = create_broadcast(db_session, api_key_id=api_key.id, request=BroadcastRequest("hi", NUMBERS), chunk_size=4)
 
     assert enqueue_broadcast(db_session, create_celery_app(settings), result.broadcast) is True
 

@@ -68,9 +68,7 @@ def test_invalid_entries_are_reported_with_index_value_and_reason(raw: Any, reas
 
     assert result.numbers == ["+447700900123"]
     assert result.invalid_count == 1
-    assert [entry.as_dict() for entry in result.invalid_sample] == [
-        {"index": 1, "value": raw, "reason": reason}
-    ]
+    assert [entry.as_dict() for entry in result.invalid_sample] == [{"index": 1, "value": raw, "reason": reason}]
 
 
 def test_duplicates_after_normalisation_are_collapsed_keeping_first_seen_order() -> None:

@@ -57,9 +57,7 @@ class SimulatorHttpClient(TwilioHttpClient):
         self.base_url = base_url
 
     def request(self, method: str, url: str, *args: Any, **kwargs: Any) -> TwilioResponse:
-        return super().request(
-            method, url.replace("https://api.twilio.com", self.base_url, 1), *args, **kwargs
-        )
+        return super().request(method, url.replace("https://api.twilio.com", self.base_url, 1), *args, **kwargs)
 
 
 def twilio_client(simulator_url: str, auth_token: str = TEST_AUTH_TOKEN) -> Client:
@@ -85,9 +83,7 @@ def fetch(simulator_url: str, sid: str) -> requests.Response:
 
 
 def list_messages(simulator_url: str, **query: Any) -> requests.Response:
-    return requests.get(
-        messages_url(simulator_url), params=query, auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN), timeout=10
-    )
+    return requests.get(messages_url(simulator_url), params=query, auth=(TEST_ACCOUNT_SID, TEST_AUTH_TOKEN), timeout=10)
 
 
 def listed_sids(simulator_url: str, to: str) -> list[str]:
@@ -199,13 +195,9 @@ def test_twilio_library_creates_a_message_through_a_messaging_service(
     assert simulator.summary()["accepted"] == 1
 
 
-def test_twilio_library_fetches_and_lists_what_was_sent(
-    simulator_url: str, simulator: SimulatorControl
-) -> None:
+def test_twilio_library_fetches_and_lists_what_was_sent(simulator_url: str, simulator: SimulatorControl) -> None:
     client = twilio_client(simulator_url)
-    sent = client.messages.create(
-        to="+14155550101", messaging_service_sid=TEST_MESSAGING_SERVICE_SID, body="x"
-    )
+    sent = client.messages.create(to="+14155550101", messaging_service_sid=TEST_MESSAGING_SERVICE_SID, body="x")
 
     assert client.messages(sent.sid).fetch().to == "+14155550101"
     after = datetime.now(UTC) - timedelta(minutes=1)
@@ -301,9 +293,7 @@ def test_create_fetch_and_list_answers_match_twilios_openapi(
     assert with_media.json()["num_media"] == "1"
     assert with_from.json()["status"] == "queued"
     assert with_from.json()["from"] == "+15005550006"
-    assert created.json()["uri"] == (
-        f"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages/{created.json()['sid']}.json"
-    )
+    assert created.json()["uri"] == (f"/2010-04-01/Accounts/{TEST_ACCOUNT_SID}/Messages/{created.json()['sid']}.json")
 
     fetched = fetch(simulator_url, created.json()["sid"])
     assert fetched.status_code == 200
@@ -367,16 +357,11 @@ def test_list_filters_by_recipient_and_date_and_pages_newest_first(
 
     today = datetime.now(UTC).date()
     future = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
-    assert (
-        len(list_messages(simulator_url, To="+14155550107", **{"DateSent>": str(today)}).json()["messages"])
-        == 3
-    )
+    assert len(list_messages(simulator_url, To="+14155550107", **{"DateSent>": str(today)}).json()["messages"]) == 3
     assert list_messages(simulator_url, To="+14155550107", **{"DateSent>": future}).json()["messages"] == []
     assert len(list_messages(simulator_url, To="+14155550107", DateSent=str(today)).json()["messages"]) == 3
     yesterday = str(today - timedelta(days=1))
-    assert (
-        list_messages(simulator_url, To="+14155550107", **{"DateSent<": yesterday}).json()["messages"] == []
-    )
+    assert list_messages(simulator_url, To="+14155550107", **{"DateSent<": yesterday}).json()["messages"] == []
     assert list_messages(simulator_url, To="+14155559999").json()["messages"] == []
 
     summary = simulator.summary()
@@ -387,9 +372,7 @@ def test_list_filters_by_recipient_and_date_and_pages_newest_first(
 # --- the concurrency cap and random errors
 
 
-async def _send_concurrently(
-    simulator_url: str, recipients: list[str]
-) -> list[tuple[str, int, dict[str, Any]]]:
+async def _send_concurrently(simulator_url: str, recipients: list[str]) -> list[tuple[str, int, dict[str, Any]]]:
     credentials = base64.b64encode(f"{TEST_ACCOUNT_SID}:{TEST_AUTH_TOKEN}".encode()).decode()
     headers = {"Authorization": f"Basic {credentials}"}
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=len(recipients))) as session:
@@ -434,9 +417,7 @@ def test_requests_beyond_max_concurrency_get_20429_and_are_never_processed(
     assert summary["duplicate_count"] == 0
 
 
-def test_random_error_rates_429_refuses_and_500_stores(
-    simulator_url: str, simulator: SimulatorControl
-) -> None:
+def test_random_error_rates_429_refuses_and_500_stores(simulator_url: str, simulator: SimulatorControl) -> None:
     simulator.configure(error_rate_429=1.0)
     assert_twilio_error(send(simulator_url, To="+14155550109"), 429, 20429)
     assert listed_sids(simulator_url, "+14155550109") == []
@@ -633,9 +614,7 @@ def test_no_callbacks_when_disabled(
     simulator_url: str, simulator: SimulatorControl, callback_receiver: CallbackReceiver
 ) -> None:
     simulator.configure(callbacks_enabled=False, callback_delay_ms=10)
-    sid = send(simulator_url, To="+14155550115", StatusCallback=f"{callback_receiver.url}/status").json()[
-        "sid"
-    ]
+    sid = send(simulator_url, To="+14155550115", StatusCallback=f"{callback_receiver.url}/status").json()["sid"]
 
     wait_until(lambda: fetch(simulator_url, sid).json()["status"] == "delivered", 5, message="delivered")
     assert callback_receiver.for_message(sid) == []
@@ -684,9 +663,7 @@ def test_command_line_flags_configure_the_simulator(tmp_path: Path) -> None:
         process.stop()
 
 
-def test_concurrent_clients_never_lose_or_duplicate_records(
-    simulator_url: str, simulator: SimulatorControl
-) -> None:
+def test_concurrent_clients_never_lose_or_duplicate_records(simulator_url: str, simulator: SimulatorControl) -> None:
     """Threads sending at once (as the sync Celery path does) never lose or duplicate a record."""
     recipients = [f"+1646555{n:04d}" for n in range(40)]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -695,6 +672,4 @@ def test_concurrent_clients_never_lose_or_duplicate_records(
     assert statuses == [201] * 40
     summary = simulator.summary()
     assert (summary["accepted"], summary["distinct_recipients"], summary["duplicate_count"]) == (40, 40, 0)
-    assert parsedate_to_datetime(
-        list_messages(simulator_url, To=recipients[0]).json()["messages"][0]["date_sent"]
-    )
+    assert parsedate_to_datetime(list_messages(simulator_url, To=recipients[0]).json()["messages"][0]["date_sent"])
