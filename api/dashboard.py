@@ -18,6 +18,7 @@ import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,6 @@ from flask import (
     Flask,
     Response,
     abort,
-    current_app,
     flash,
     g,
     has_request_context,
@@ -41,11 +41,13 @@ from flask.sessions import SecureCookieSessionInterface
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 from werkzeug.wrappers.response import Response as BaseResponse
 
-from api.context import db_session
+from api.context import db_session, services
 from shared.api_keys import authenticate_api_key
 from shared.broadcast_activity import Activity, broadcast_activity, state_counts_by_broadcast
 from shared.broadcasts import InvalidCursorError, get_broadcast, list_broadcasts
+from shared.db import session_scope
 from shared.error_codes import describe_error_code
+from shared.message_export import export_messages_csv
 from shared.models import ApiKey, Broadcast, BroadcastStatus
 from shared.progress import broadcast_progress
 from shared.settings import Settings
@@ -59,7 +61,6 @@ SESSION_MAX_AGE_SECONDS = 12 * 3600  # signed in for a working day at most, what
 CSRF_FIELD = "csrf_token"
 # The page reloads itself every few seconds while messages are still being sent or receipts are still expected.
 REFRESHING_STATUSES = frozenset({BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED})
-EXPORT_PATH = "/v1/broadcasts/{id}/messages.csv"
 _DERIVATION_LABEL = b"bulksms dashboard session key v1"
 
 # How the progress bar groups the message states: (key, label, states, colour). The last group is the bar's track.
@@ -261,15 +262,36 @@ def index() -> str:
     return render_template("dashboard/index.html", rows=rows, next_cursor=page.next_cursor, first_page=cursor is None)
 
 
-def export_url(broadcast_id: uuid.UUID) -> str | None:
-    """The CSV export of the broadcast's messages, when this server has that route."""
-    path = EXPORT_PATH.format(id=broadcast_id)
-    adapter = current_app.url_map.bind("localhost")
+def _own_broadcast(broadcast_id: str) -> Broadcast:
+    """The signed-in key's broadcast with this id, or the 404 page (another key's broadcast looks the same)."""
+    api_key: ApiKey = g.dashboard_key
     try:
-        adapter.match(path, method="GET")
-    except HTTPException:
-        return None
-    return path
+        parsed_id = uuid.UUID(broadcast_id)
+    except ValueError:
+        raise NotFound("No broadcast of yours has that id.") from None
+    broadcast = get_broadcast(db_session(), api_key.id, parsed_id)
+    if broadcast is None:
+        raise NotFound("No broadcast of yours has that id.")
+    return broadcast
+
+
+@blueprint.get("/broadcasts/<broadcast_id>/messages.csv")
+def messages_export(broadcast_id: str) -> Response:
+    """The same streamed CSV as `GET /v1/broadcasts/{id}/messages.csv`, for a browser signed in with its session
+    cookie (the API endpoint wants a Bearer key, which a link cannot carry)."""
+    broadcast = _own_broadcast(broadcast_id)
+    session_factory = services().session_factory
+
+    def rows() -> Iterator[str]:
+        # Its own session: the request's is closed when the view returns, before the body is streamed.
+        with session_scope(session_factory) as export_session:
+            yield from export_messages_csv(export_session, broadcast.id)
+
+    return Response(
+        rows(),
+        mimetype="text/csv",
+        headers={"Content-Disposition": f'attachment; filename="broadcast-{broadcast.id}.csv"'},
+    )
 
 
 def _chart_window(broadcast: Broadcast, now: datetime) -> tuple[datetime, datetime] | None:
@@ -285,14 +307,7 @@ def _chart_window(broadcast: Broadcast, now: datetime) -> tuple[datetime, dateti
 
 @blueprint.get("/broadcasts/<broadcast_id>")
 def broadcast_page(broadcast_id: str) -> str:
-    api_key: ApiKey = g.dashboard_key
-    try:
-        parsed_id = uuid.UUID(broadcast_id)
-    except ValueError:
-        raise NotFound("No broadcast of yours has that id.") from None
-    broadcast = get_broadcast(db_session(), api_key.id, parsed_id)
-    if broadcast is None:
-        raise NotFound("No broadcast of yours has that id.")
+    broadcast = _own_broadcast(broadcast_id)
     progress = broadcast_progress(db_session(), broadcast.id)
     failures = [
         {"code": code, "count": count, "info": describe_error_code(code)} for code, count in progress.error_codes
@@ -308,7 +323,7 @@ def broadcast_page(broadcast_id: str) -> str:
         state_rows=[(state, progress.counts[state]) for _, _, states, _ in STATE_GROUPS for state in states],
         failures=failures,
         chart=chart,
-        export_url=export_url(broadcast.id),
+        export_url=url_for("dashboard.messages_export", broadcast_id=broadcast.id),
         auto_refresh=broadcast.status in REFRESHING_STATUSES,
         timing=_timing(broadcast, progress.submitted),
     )
