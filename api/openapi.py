@@ -157,19 +157,53 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
         "requestBody": {
             "required": True,
-            "content": _json_content(
-                _ref("BroadcastRequest"),
-                {
-                    "message": "Polling stations are open until 10pm today.",
-                    "recipients": ["+44 7700 900123", "0044-7700-900124", "(+1) 202.555.0100"],
-                    "on_invalid": "reject",
+            "content": {
+                **_json_content(
+                    _ref("BroadcastRequest"),
+                    {
+                        "message": "Polling stations are open until 10pm today.",
+                        "recipients": ["+44 7700 900123", "0044-7700-900124", "(+1) 202.555.0100"],
+                        "on_invalid": "reject",
+                    },
+                ),
+                # A CSV list, streamed: the options (`message`, `phone_column`, `on_invalid`, `dry_run`, `send_at`,
+                # ...) travel in the query string or `X-Bulksms-<Name>` headers; other columns become template
+                # variables; bad rows are reported by `line`.
+                "text/csv": {
+                    "schema": {"type": "string"},
+                    "example": "phone,first_name\n+447700900123,Ann\n+447700900124,Bo\n",
                 },
-            ),
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {"type": "string", "format": "binary"},
+                            "message": {"type": "string"},
+                            "phone_column": {"type": "string"},
+                        },
+                        "required": ["file"],
+                    }
+                },
+            },
         },
         "responses": {
             202: _ok("Stored and queued.", BROADCAST_RESPONSE, LOCATION_HEADER),
             200: _ok("An idempotent replay (the original broadcast), or a dry run's report.", BROADCAST_RESPONSE),
             "errors": (400, 409, 413, 415, 422),
+        },
+    },
+    ("exports.messages_csv", "get"): {
+        "tags": ["Broadcasts"],
+        "summary": "Download a broadcast's messages as CSV",
+        "description": "Streamed: number, state, twilio_sid, twilio_status, error_code, error_message, attempts and "
+        "timestamps, one row per recipient; optionally only one `state`.",
+        "parameters": [
+            BROADCAST_ID_PARAMETER,
+            {"name": "state", "in": "query", "required": False, "schema": {"type": "string"}},
+        ],
+        "responses": {
+            200: _ok("The CSV file.", {"text/csv": {"schema": {"type": "string"}}}),
+            "errors": (404, 422),
         },
     },
     ("broadcasts.index", "get"): {
