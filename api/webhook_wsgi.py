@@ -1,6 +1,6 @@
 """The webhook service's WSGI entry point: `gunicorn api.webhook_wsgi:app`, configured from the environment.
 
-Recommended: `gunicorn -w 2 -k gthread --threads 4 -b 0.0.0.0:$WEBHOOK_PORT api.webhook_wsgi:app`
+Recommended: `gunicorn -w 4 -k gthread --threads 2 --keep-alive 30 -b 0.0.0.0:$WEBHOOK_PORT api.webhook_wsgi:app`
 (docs/receipts.md explains the choice).
 """
 

@@ -1,8 +1,9 @@
 """Status callbacks: accepted per second by the webhook (and its p99), applied per second by the consumers.
 
 A loopback load generator (`wrk -t2 -c64` with bench/callbacks_wrk.lua when wrk is installed, else asyncio +
-aiohttp with 64 keep-alive connections; every request signed beforehand like Twilio signs it) posts `--callbacks` callbacks (`sent` then `delivered` for `--callbacks / 2` messages) to the
-webhook service under gunicorn, then the same number of requests to a bare Flask endpoint that only answers 204
+aiohttp with 64 keep-alive connections; every request signed beforehand like Twilio signs it) posts
+`--callbacks` callbacks (`sent` then `delivered` for `--callbacks / 2` messages) to the webhook service under
+gunicorn, then the same number of requests to a bare Flask endpoint that only answers 204
 under the same gunicorn setup: the ratio is the figure that matters on a noisy machine. Then a Celery worker on
 `sms.status` (with beat) applies the queued backlog to PostgreSQL, and the applied rate is read from the
 `status_events` timestamps.
@@ -145,7 +146,7 @@ def wrk_load(base_url: str, requests_file: Path, connections: int, threads: int)
     for thread in range(1, threads + 1):
         Path(f"{marker}.{thread}").unlink(missing_ok=True)
     command = [
-        "wrk", f"-t{threads}", f"-c{connections}", "-d600s", "--timeout", "10s", "--latency",
+        "wrk", f"-t{threads}", f"-c{connections}", "-d300s", "--timeout", "10s", "--latency",
         "-s", str(REPOSITORY_ROOT / "bench" / "callbacks_wrk.lua"), base_url,
         "--", str(requests_file), str(threads), str(marker),
     ]  # fmt: skip
@@ -177,7 +178,8 @@ def gunicorn(name: str, app: str, port: int, arguments: argparse.Namespace, envi
     command = [
         sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}", "--workers", str(arguments.workers),
         "--worker-class", arguments.worker_class, "--threads", str(arguments.threads),
-        "--keep-alive", str(arguments.keep_alive), "--backlog", "2048", "--pythonpath", str(REPOSITORY_ROOT / "bench"), app,
+        "--keep-alive", str(arguments.keep_alive), "--backlog", "2048",
+        "--pythonpath", str(REPOSITORY_ROOT / "bench"), app,
     ]  # fmt: skip
     return ManagedProcess(
         name, command, environment, log_path=REPOSITORY_ROOT / ".bulksms" / "bench-logs" / f"{name}.log"
@@ -188,9 +190,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--callbacks", type=int, default=100_000)
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn worker processes")
     parser.add_argument("--worker-class", default="gthread")
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--consumer-processes", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--timeout-seconds", type=float, default=900)
@@ -308,7 +310,7 @@ def main() -> None:
             run(f"http://127.0.0.1:{bare_port}", warm_up_file)
             bare = run(f"http://127.0.0.1:{bare_port}", requests_file)
             print(f"bare 204 endpoint:  {bare}")
-            webhook = run(public_base_url, requests_file, len(prepared))
+            webhook = run(public_base_url, requests_file)
         else:
             warm_up = prepared[: min(2000, len(prepared))]
             asyncio.run(load(f"http://127.0.0.1:{bare_port}", warm_up, arguments.connections))

@@ -53,6 +53,8 @@ function init(args)
   statuses = {}
   started_at = 0
   finished_at = 0
+  -- wrk calls `request` once on the first thread before starting, only to check what it returns: not sent.
+  verifying = id == 1
 end
 
 function delay()
@@ -63,6 +65,10 @@ function delay()
 end
 
 function request()
+  if verifying then
+    verifying = false
+    return requests[1]
+  end
   if sent >= expected then
     return filler
   end
