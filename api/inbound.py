@@ -10,18 +10,10 @@ from __future__ import annotations
 
 import logging
 
-from flask import Blueprint, Response, current_app, request
+from flask import Blueprint, Response, current_app
 
 from api.context import db_session
-from api.errors import PROBLEM_TYPE_BASE, problem_response
-from api.webhooks import (
-    EXTENSION_NAME,
-    SIGNATURE_HEADER,
-    WebhookServices,
-    read_form,
-    signature_is_valid,
-    url_twilio_called,
-)
+from api.webhooks import EXTENSION_NAME, WebhookServices, signed_form
 from shared.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
 from shared.phone_numbers import mask_phone_number, normalise_phone_number
 
@@ -42,20 +34,9 @@ def _single(value: object) -> str | None:
 @blueprint.post(INBOUND_PATH)
 def twilio_inbound_message() -> Response:
     services: WebhookServices = current_app.extensions[EXTENSION_NAME]
-    signature = request.headers.get(SIGNATURE_HEADER)
-    parameters = read_form()
-    if (
-        not signature
-        or services.validator is None
-        or not signature_is_valid(
-            services.validator, url_twilio_called(services.public_base_url), parameters, signature
-        )
-    ):
-        return problem_response(
-            403,
-            "The X-Twilio-Signature header is missing or does not match this request.",
-            problem_type=PROBLEM_TYPE_BASE + "invalid-signature",
-        )
+    parameters = signed_form(services)
+    if isinstance(parameters, Response):
+        return parameters
     sender = normalise_phone_number(_single(parameters.get("From")) or "")
     kind = classify_reply(_single(parameters.get("Body")), _single(parameters.get("OptOutType")))
     if sender is not None and kind in ("stop", "start"):

@@ -138,7 +138,8 @@ def twilio_status_callback() -> Response:
         record_webhook_request(services.metrics, services.redis_client, code, time.perf_counter() - started)
 
 
-def accept_status_callback(services: WebhookServices) -> Response:
+def signed_form(services: WebhookServices) -> FormParameters | Response:
+    """The request's form parameters when Twilio signed them (both webhooks), else the 403 to answer."""
     signature = request.headers.get(SIGNATURE_HEADER)
     parameters = read_form()
     if (
@@ -153,6 +154,13 @@ def accept_status_callback(services: WebhookServices) -> Response:
             "The X-Twilio-Signature header is missing or does not match this request.",
             problem_type=PROBLEM_TYPE_BASE + "invalid-signature",
         )
+    return parameters
+
+
+def accept_status_callback(services: WebhookServices) -> Response:
+    parameters = signed_form(services)
+    if isinstance(parameters, Response):
+        return parameters
     missing = [name for name in ("MessageSid", "MessageStatus") if not parameters.get(name)]
     if missing:
         return problem_response(
