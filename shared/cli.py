@@ -278,7 +278,8 @@ def run_demo_broadcast(stack: LocalStack, recipient_count: int, timeout_seconds:
             counts = state_counts(view)
             finished = sum(count for state, count in counts.items() if state not in UNFINISHED_STATES)
             progress.update(task, completed=finished, status=view.get("status", "?"), counts=_format_counts(counts))
-            if view.get("status") == "submitted":
+            # With the simulator's callbacks flowing, the broadcast can be completed by the time we look again.
+            if view.get("status") in ("submitted", "completed"):
                 break
             if time.monotonic() > deadline:
                 error_console.print(

@@ -177,10 +177,16 @@ def test_up_serves_a_broadcast_then_stops_everything_on_ctrl_c(running_stack: Ru
         view = requests.get(f"{running_stack.api_url}/v1/broadcasts/{broadcast_id}", headers=headers, timeout=10)
         view.raise_for_status()
         body = dict(view.json())
-        return body if body["status"] == "submitted" else None
+        # The simulator's status callbacks reach this stack's webhook, so the broadcast may already be completed.
+        return body if body["status"] in ("submitted", "completed") else None
 
     view = wait_until(submitted, timeout_seconds=120, interval=0.5, message="the broadcast to be submitted")
-    assert view["messages"]["accepted"] == 50
+    with_an_outcome = sum(
+        count
+        for state, count in view["messages"].items()
+        if state not in ("total", "pending", "sending", "unknown", "failed")
+    )
+    assert with_an_outcome == 50, view["messages"]
 
     simulator_url = running_stack.state()["simulator_url"]
     summary = requests.get(f"{simulator_url}/_simulator/summary", timeout=10).json()
