@@ -96,6 +96,12 @@ def main() -> None:
     parser.add_argument("--max-concurrency", type=int, default=100)
     parser.add_argument("--worker-processes", type=int, default=3)
     parser.add_argument("--timeout-seconds", type=float, default=900)
+    parser.add_argument(
+        "--with-receipts",
+        action="store_true",
+        help="the simulator also sends its three status callbacks per message to the stack's webhook, applied by a "
+        "second worker and beat while the broadcast is sent (as in production)",
+    )
     arguments = parser.parse_args()
 
     environment_settings = load_settings(dotenv_path=None)
@@ -163,7 +169,7 @@ def main() -> None:
         ideal_rate = asyncio.run(ideal_sender(simulator_url, arguments.ideal_recipients, arguments.max_concurrency))
         print(f"ideal sender ({arguments.ideal_recipients:,} messages): {ideal_rate:,.0f} msg/s")
         simulator_call(simulator_url, "/_simulator/reset")
-        simulator_call(simulator_url, "/_simulator/config", {"callbacks_enabled": False})
+        simulator_call(simulator_url, "/_simulator/config", {"callbacks_enabled": arguments.with_receipts})
 
         settings = load_settings(
             {
@@ -214,7 +220,7 @@ def main() -> None:
                     "worker.app",
                     "worker",
                     "--queues",
-                    "sms.send,sms.maintenance,sms.status",
+                    "sms.send,sms.maintenance" if arguments.with_receipts else "sms.send,sms.maintenance,sms.status",
                     "--concurrency",
                     str(arguments.worker_processes),
                     "--loglevel",
@@ -227,6 +233,34 @@ def main() -> None:
                 working_directory=REPOSITORY_ROOT,
             ).start()
         )
+        if arguments.with_receipts:
+            # Receipts are applied by a worker of their own (as docker-compose runs them), triggered by beat.
+            for name, command in (
+                (
+                    "status-worker",
+                    [
+                        "worker",
+                        "--queues",
+                        "sms.status",
+                        "--concurrency",
+                        "1",
+                        "--without-mingle",
+                        "--without-gossip",
+                        "--hostname",
+                        "status@%h",
+                    ],
+                ),
+                ("beat", ["beat", "--schedule", str(work_directory / "beat-schedule")]),
+            ):
+                processes.append(
+                    ManagedProcess(
+                        name,
+                        [sys.executable, "-m", "celery", "-A", "worker.app", *command, "--loglevel", "WARNING"],
+                        environment,
+                        log_path=logs / f"{name}.log",
+                        working_directory=REPOSITORY_ROOT,
+                    ).start()
+                )
         wait_for_port(api_port)
         engine = create_database_engine(settings)
         session = create_session_factory(engine)()
@@ -287,6 +321,7 @@ def main() -> None:
             "max_in_flight_at_simulator": summary["max_in_flight"],
             "message_states": states,
             "worker_processes": arguments.worker_processes,
+            "with_receipts": arguments.with_receipts,
         }
         print(f"bulksms ({arguments.recipients:,} recipients, POST to last outcome): {end_to_end_rate:,.0f} msg/s")
         print(f"bulksms first send to last send: {sending_rate:,.0f} msg/s")
