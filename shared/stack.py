@@ -34,13 +34,16 @@ from shared.db import sqlalchemy_url
 from shared.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port
 from shared.migrate import upgrade_to_head
 from shared.settings import Settings, settings_to_environment
-from shared.task_queue import ALL_QUEUES
+from shared.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
 
 STATE_FILE_NAME = "stack.json"  # where a running stack tells other `bulksms` commands how to reach it
 LOCK_FILE_NAME = "stack.lock"
 SIMULATOR_CREDENTIALS_FILE_NAME = "simulator-credentials.json"
 EMBEDDED_DATABASE_NAME = "bulksms"
-WORKER_QUEUES = ",".join(ALL_QUEUES)
+WORKER_QUEUES = ",".join(ALL_QUEUES)  # `bulksms worker`: one worker for everything, the simplest deployment
+# `bulksms up` gives status callbacks a worker of their own (as docker-compose does), so draining a burst of
+# receipts never takes a process that would be sending.
+SENDING_QUEUES = ",".join((SEND_QUEUE, MAINTENANCE_QUEUE))
 EXIT_CONFIGURATION_ERROR = 2
 
 Say = Callable[[str], None]
@@ -338,6 +341,7 @@ class LocalStack:
         environment = self._child_environment()
         self._start_process("api", self._api_command(), environment)
         self._start_process("worker", self._worker_command(), environment)
+        self._start_process("status-worker", self._status_worker_command(), environment)
         self._start_process("beat", self._beat_command(), environment)
         self._write_state()
         self._wait_until_ready()
@@ -422,7 +426,7 @@ class LocalStack:
     def _worker_command(self) -> list[str]:
         command = [
             sys.executable, "-m", "celery", "-A", "worker.app", "worker",
-            "--queues", WORKER_QUEUES,
+            "--queues", SENDING_QUEUES,
             "--hostname", f"bulksms-{os.getpid()}@%h",
             "--loglevel", self.settings.log_level,
             "--without-mingle", "--without-gossip",  # one worker: nothing to synchronise with, faster start
@@ -430,6 +434,16 @@ class LocalStack:
         if self.options.worker_concurrency:
             command += ["--concurrency", str(self.options.worker_concurrency)]
         return command
+
+    def _status_worker_command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+            "--queues", STATUS_QUEUE,
+            "--concurrency", "1",  # batches of 500 in one process keep up with thousands of callbacks a second
+            "--hostname", f"bulksms-status-{os.getpid()}@%h",
+            "--loglevel", self.settings.log_level,
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
 
     def _beat_command(self) -> list[str]:
         return [
