@@ -5,31 +5,22 @@ the broadcast completes and the client's callback_url receives one signed summar
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from shared.completion import SIGNATURE_HEADER, verify_callback_signature
-from shared.local_services import ManagedProcess, find_free_port, wait_for_port
 from shared.models import ApiKey
-from shared.settings import Settings, settings_to_environment
+from shared.settings import Settings
 from shared.task_queue import create_celery_app, enqueue_chunks
 from tests.callback_receiver import CompletionCallbackReceiver
-from tests.conftest import REPOSITORY_ROOT, SimulatorControl, WorkerProcesses, wait_until
+from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 from tests.factories import create_broadcast
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture
-def webhook_port() -> int:
-    return find_free_port()
 
 
 @pytest.fixture
@@ -40,23 +31,6 @@ def settings(base_settings: Settings, webhook_port: int) -> Settings:
         delivery_retry_base_seconds=1.0,
         delivery_retry_max_attempts=2,
     )
-
-
-@pytest.fixture
-def webhook_service(settings: Settings, webhook_port: int, artifacts_directory: Path) -> Iterator[None]:
-    environment = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    environment.update(settings_to_environment(settings))
-    process = ManagedProcess(
-        "webhook",
-        [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{webhook_port}", "--workers", "1",
-         "--worker-class", "gthread", "--threads", "4", "api.webhook_wsgi:app"],
-        environment,
-        log_path=artifacts_directory / "webhook-retries.log",
-        working_directory=REPOSITORY_ROOT,
-    ).start()  # fmt: skip
-    wait_for_port(webhook_port)
-    yield
-    process.stop()
 
 
 @pytest.fixture
