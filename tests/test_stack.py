@@ -223,7 +223,10 @@ def test_demo_sends_to_every_recipient_and_prints_the_tally(tmp_path: Path) -> N
     cells = (re.split(r"[│|]", line) for line in result.stdout.splitlines())  # rich draws ASCII without UTF-8
     tally = {row[1].strip(): row[2].strip() for row in cells if len(row) >= 4}
     assert tally["recipients"] == "200"
-    assert tally["accepted"] == "200"
+    # Receipts flow during the demo, so a message Twilio accepted may already show as sent or delivered.
+    with_an_outcome = sum(int(tally.get(state, "0").replace(",", "")) for state in ("accepted", "sent", "delivered"))
+    assert with_an_outcome == 200, tally
+    assert tally["failed"] == "0"
     assert tally["simulator: accepted"] == "200"
     assert tally["simulator: duplicates"] == "0"
     assert "messages per second" in tally
