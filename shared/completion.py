@@ -19,7 +19,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
 import requests
 from sqlalchemy import text
@@ -28,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.db import session_scope
 from shared.models import BroadcastStatus, MessageState
 from shared.progress import AWAITING_RECEIPT_STATES, broadcast_progress
+from shared.urls import split_url
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +51,9 @@ LOCAL_DEVELOPMENT_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
 
 def callback_url_problem(url: str) -> str | None:
     """Why `url` cannot be a callback_url, or None when it can (pure: no DNS lookup, no request)."""
-    if len(url) > MAX_CALLBACK_URL_LENGTH:
-        return f"Must be at most {MAX_CALLBACK_URL_LENGTH:,} characters."
-    if any(character.isspace() or ord(character) < 32 for character in url):
-        return "Must not contain spaces or control characters."
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a malformed port
-    except ValueError:
-        return "Must be a valid URL."
+    parts = split_url(url, MAX_CALLBACK_URL_LENGTH)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme == "https" and parts.hostname:
         return None
     if parts.scheme == "http" and parts.hostname in LOCAL_DEVELOPMENT_HOSTS:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from shared.urls import split_url
 
 MAX_MEDIA_URLS = 10  # Twilio's limit on MediaUrl per message
 MAX_MEDIA_URL_CHARACTERS = 2_000
@@ -13,15 +13,9 @@ def media_url_problem(url: object) -> str | None:
     """Why `url` cannot be a MediaUrl (Twilio fetches it from the internet: https with a host), or None."""
     if not isinstance(url, str) or not url:
         return "Must be a non-empty string."
-    if len(url) > MAX_MEDIA_URL_CHARACTERS:
-        return f"Must be at most {MAX_MEDIA_URL_CHARACTERS:,} characters."
-    if any(ch.isspace() or ord(ch) < 0x20 for ch in url):
-        return "Must not contain spaces or control characters."
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        return "Not a valid URL."
+    parts = split_url(url, MAX_MEDIA_URL_CHARACTERS)
+    if isinstance(parts, str):
+        return parts
     if parts.scheme.lower() != "https":
         return "Must be an https:// URL."
     if not parts.hostname or "." not in parts.hostname.strip("."):
