@@ -11,13 +11,15 @@ WORKDIR /app
 
 # Dependencies first, in their own layer, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
-RUN mkdir -p api worker shared && touch api/__init__.py worker/__init__.py shared/__init__.py \
+RUN mkdir -p api worker shared bulksms_tools \
+    && touch api/__init__.py worker/__init__.py shared/__init__.py bulksms_tools/__init__.py \
     && pip install . \
     && pip uninstall --yes bulksms
 
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared
+COPY bulksms_tools ./bulksms_tools
 RUN pip install --no-deps .
 
 # Never run as root; /data holds beat's schedule (a volume in docker-compose.yml).

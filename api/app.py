@@ -15,9 +15,9 @@ from api.metrics import init_metrics
 from api.openapi import init_openapi
 from api.request_logging import init_request_logging
 from api.webhooks import init_webhooks
-from shared.db import create_database_engine, create_session_factory
-from shared.settings import Settings
-from shared.task_queue import create_celery_app
+from shared.platform.db import create_database_engine, create_session_factory
+from shared.platform.settings import Settings
+from shared.platform.task_queue import create_celery_app
 
 # Short: a readiness probe or a broadcast should learn quickly that Redis is gone, not hang.
 REDIS_CHECK_TIMEOUT_SECONDS = 2.0

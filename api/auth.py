@@ -6,8 +6,8 @@ from flask import g, request
 
 from api.context import db_session
 from api.errors import ApiProblem
-from shared.api_keys import authenticate_api_key
-from shared.models import ApiKey
+from shared.platform.api_keys import authenticate_api_key
+from shared.platform.models import ApiKey
 
 
 def require_api_key() -> ApiKey:

@@ -1,7 +1,7 @@
 """Pause, resume, cancel and reschedule a broadcast: `POST /v1/broadcasts/{id}/pause|resume|cancel`, `PATCH`.
 
 An action the broadcast's status does not allow is a 409 problem (`invalid-transition`); docs/api.md has the
-state diagram. The work is in `shared.broadcast_control`.
+state diagram. The work is in `shared.broadcasts.control`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from api.context import db_session, services
 from api.control_schemas import RescheduleSchema
 from api.errors import ApiProblem
 from api.schemas import BroadcastSchema
-from shared.broadcast_control import (
+from shared.broadcasts.control import (
     InvalidTransitionError,
     SendAtError,
     cancel_broadcast,
@@ -25,8 +25,8 @@ from shared.broadcast_control import (
     reschedule_broadcast,
     resume_broadcast,
 )
-from shared.broadcasts import BroadcastRequest, get_broadcast
-from shared.models import Broadcast
+from shared.broadcasts.intake import BroadcastRequest, get_broadcast
+from shared.platform.models import Broadcast
 
 blueprint = Blueprint("broadcast_controls", __name__, url_prefix="/v1/broadcasts")
 

@@ -24,7 +24,8 @@ from api.schemas import (
     MessageSchema,
     MessagesQuerySchema,
 )
-from shared.broadcasts import (
+from shared.broadcasts.content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
+from shared.broadcasts.intake import (
     IdempotencyConflictError,
     InvalidCursorError,
     InvalidRecipientsError,
@@ -34,10 +35,9 @@ from shared.broadcasts import (
     list_broadcasts,
     list_messages,
 )
-from shared.completion import completion_reason
-from shared.message_content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
-from shared.models import Broadcast, BroadcastStatus
-from shared.progress import broadcast_progress
+from shared.broadcasts.progress import broadcast_progress
+from shared.platform.models import Broadcast, BroadcastStatus
+from shared.receipts.completion import completion_reason
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +162,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
             broadcast_id=str(error.broadcast_id),
         ) from None
     broadcast = result.broadcast
-    # A scheduled broadcast is enqueued by beat at its send_at (shared.broadcast_control).
+    # A scheduled broadcast is enqueued by beat at its send_at (shared.broadcasts.control).
     if result.created and broadcast.status != BroadcastStatus.SCHEDULED:
         stored = time.perf_counter()
         # If the broker fails now, the broadcast is stored with enqueued_at NULL and the sweeper enqueues it.

@@ -10,7 +10,7 @@ from flask import current_app, g
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import Settings
+from shared.platform.settings import Settings
 
 EXTENSION_NAME = "bulksms"
 

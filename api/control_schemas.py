@@ -6,8 +6,8 @@ from typing import Any
 
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
-from shared.opt_outs import MAX_REASON_LENGTH
-from shared.quiet_hours import HH_MM_PATTERN
+from shared.compliance.opt_outs import MAX_REASON_LENGTH
+from shared.compliance.quiet_hours import HH_MM_PATTERN
 
 MAX_OPT_OUTS_PER_REQUEST = 10_000
 MAX_OPT_OUTS_PAGE = 1_000

@@ -2,7 +2,7 @@
 
 The options the JSON body carries come from the query string, `X-Bulksms-*` headers or (multipart) form fields;
 the CSV is read from the request stream (or werkzeug's spooled file part) row by row and turned into the same
-recipient list the JSON body gives, so intake (`shared.broadcasts.create_broadcast`) is the same for both.
+recipient list the JSON body gives, so intake (`shared.broadcasts.intake.create_broadcast`) is the same for both.
 """
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ from marshmallow import fields, post_load, validate
 
 from api.errors import ApiProblem
 from api.schemas import BroadcastRequestSchema
-from shared.broadcasts import MAX_RECIPIENTS, BroadcastRequest
-from shared.csv_recipients import (
+from shared.broadcasts.csv_recipients import (
     DEFAULT_PHONE_COLUMN,
     CsvHeaderError,
     CsvRecipientReader,
     LineNumbers,
     MalformedCsvError,
 )
-from shared.templates import parse_template
+from shared.broadcasts.intake import MAX_RECIPIENTS, BroadcastRequest
+from shared.broadcasts.templates import parse_template
 
 CSV_MIMETYPE = "text/csv"
 MULTIPART_MIMETYPE = "multipart/form-data"

@@ -42,15 +42,15 @@ from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.context import db_session, services
-from shared.api_keys import authenticate_api_key
-from shared.broadcast_activity import Activity, broadcast_activity, state_counts_by_broadcast
-from shared.broadcasts import InvalidCursorError, get_broadcast, list_broadcasts
-from shared.db import session_scope
-from shared.error_codes import describe_error_code
-from shared.message_export import export_messages_csv
-from shared.models import ApiKey, Broadcast, BroadcastStatus
-from shared.progress import broadcast_progress
-from shared.settings import Settings
+from shared.broadcasts.activity import Activity, broadcast_activity, state_counts_by_broadcast
+from shared.broadcasts.intake import InvalidCursorError, get_broadcast, list_broadcasts
+from shared.broadcasts.progress import broadcast_progress
+from shared.messages.export import export_messages_csv
+from shared.platform.api_keys import authenticate_api_key
+from shared.platform.db import session_scope
+from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
+from shared.platform.settings import Settings
+from shared.twilio.error_codes import describe_error_code
 
 logger = logging.getLogger(__name__)
 

@@ -11,10 +11,10 @@ from marshmallow import EXCLUDE, Schema, fields, validate
 from api.auth import require_api_key
 from api.context import db_session, services
 from api.errors import ApiProblem
-from shared.broadcasts import get_broadcast
-from shared.db import session_scope
-from shared.message_export import export_messages_csv
-from shared.models import MessageState
+from shared.broadcasts.intake import get_broadcast
+from shared.messages.export import export_messages_csv
+from shared.platform.db import session_scope
+from shared.platform.models import MessageState
 
 blueprint = Blueprint("exports", __name__, url_prefix="/v1/broadcasts")
 

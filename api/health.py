@@ -11,7 +11,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.context import services
 from api.errors import PROBLEM_TYPE_BASE, problem_response
-from shared.migrate import is_at_head
+from shared.platform.migrate import is_at_head
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from flask import Blueprint, Response, current_app
 
 from api.context import db_session
 from api.webhooks import EXTENSION_NAME, WebhookServices, signed_form
-from shared.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
-from shared.phone_numbers import mask_phone_number, normalise_phone_number
+from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
+from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 
 logger = logging.getLogger(__name__)
 

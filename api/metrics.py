@@ -11,8 +11,8 @@ from flask import Blueprint, Flask, Response, current_app
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.webhooks import EXTENSION_NAME as WEBHOOKS_EXTENSION_NAME
-from shared.metrics import render_metrics
-from shared.settings import Settings
+from shared.platform.metrics import render_metrics
+from shared.platform.settings import Settings
 
 EXTENSION_NAME = "bulksms.metrics"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

@@ -14,9 +14,8 @@ from api.auth import require_api_key
 from api.context import db_session, services
 from api.control_schemas import OptOutSchema, OptOutsCreateSchema, OptOutsQuerySchema
 from api.errors import ApiProblem
-from shared.broadcasts import InvalidCursorError, decode_cursor, encode_cursor
-from shared.db import session_scope
-from shared.opt_outs import (
+from shared.broadcasts.intake import InvalidCursorError, decode_cursor, encode_cursor
+from shared.compliance.opt_outs import (
     SOURCE_API,
     CsvFormatError,
     add_opt_outs,
@@ -26,7 +25,8 @@ from shared.opt_outs import (
     normalise_numbers,
     remove_opt_out,
 )
-from shared.phone_numbers import normalise_phone_number
+from shared.compliance.phone_numbers import normalise_phone_number
+from shared.platform.db import session_scope
 
 blueprint = Blueprint("opt_outs", __name__, url_prefix="/v1")
 

@@ -12,7 +12,7 @@ import time
 
 from flask import Flask, Response, g, request
 
-from shared.logging_config import bind_log_context, clear_log_context, new_request_id
+from shared.platform.logging_config import bind_log_context, clear_log_context, new_request_id
 
 logger = logging.getLogger("api.requests")
 

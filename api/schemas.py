@@ -1,7 +1,7 @@
 """Marshmallow schemas: what requests must look like, and how stored rows are shown.
 
 A million recipients are checked here only for type and count; normalising each one is the fast
-pure function in `shared.phone_numbers`, which reports every invalid entry with its index.
+pure function in `shared.compliance.phone_numbers`, which reports every invalid entry with its index.
 """
 
 from __future__ import annotations
@@ -20,12 +20,12 @@ from marshmallow import (
 )
 
 from api.control_schemas import QuietHoursSchema, quiet_hours_view
-from shared.broadcasts import MAX_MESSAGE_CHARACTERS, MAX_RECIPIENTS, ON_INVALID_CHOICES, BroadcastRequest
-from shared.completion import callback_url_problem
-from shared.media_urls import MAX_MEDIA_URLS, MAX_VALIDITY_PERIOD_SECONDS, media_url_problem
-from shared.message_content import message_report
-from shared.models import MessageState
-from shared.templates import TemplateSyntaxError, parse_template
+from shared.broadcasts.content import message_report
+from shared.broadcasts.intake import MAX_MESSAGE_CHARACTERS, MAX_RECIPIENTS, ON_INVALID_CHOICES, BroadcastRequest
+from shared.broadcasts.media import MAX_MEDIA_URLS, MAX_VALIDITY_PERIOD_SECONDS, media_url_problem
+from shared.broadcasts.templates import TemplateSyntaxError, parse_template
+from shared.platform.models import MessageState
+from shared.receipts.completion import callback_url_problem
 
 MAX_IDEMPOTENCY_KEY_LENGTH = 255
 MAX_MESSAGES_PAGE = 1_000

@@ -14,7 +14,7 @@ from flask import Blueprint, Flask, Response, current_app, jsonify
 from api.errors import PROBLEM_TYPE_BASE, problem_response, register_error_handlers
 from api.metrics import init_metrics
 from api.webhooks import EXTENSION_NAME, WebhookServices, init_webhooks
-from shared.settings import Settings
+from shared.platform.settings import Settings
 
 logger = logging.getLogger(__name__)
 

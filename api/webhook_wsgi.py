@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from api.request_logging import init_request_logging
 from api.webhook_app import create_webhook_app
-from shared.logging_config import configure_logging
-from shared.settings import load_settings
+from shared.platform.logging_config import configure_logging
+from shared.platform.settings import load_settings
 
 settings = load_settings()
 configure_logging(settings, "webhook")

@@ -1,6 +1,6 @@
 """`POST /webhooks/twilio/status`: check Twilio's signature, queue the callback in Redis, answer 204.
 
-No database here: one HMAC check and one `XADD` (shared.status_queue), so the endpoint answers in about a
+No database here: one HMAC check and one `XADD` (shared.receipts.status_queue), so the endpoint answers in about a
 millisecond and keeps answering while PostgreSQL is down. A callback Redis cannot take gets 503 and Twilio
 retries it (the `#rc=5&rp=all` overrides in our StatusCallback URLs); a 2xx means the event is in Redis.
 
@@ -26,9 +26,9 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import get_host
 
 from api.errors import PROBLEM_TYPE_BASE, problem_response
-from shared.metrics import CALLBACKS_RECEIVED, MetricsRecorder, callback_status_label, record_webhook_request
-from shared.settings import Settings
-from shared.status_queue import CallbackWriter
+from shared.platform.metrics import CALLBACKS_RECEIVED, MetricsRecorder, callback_status_label, record_webhook_request
+from shared.platform.settings import Settings
+from shared.receipts.status_queue import CallbackWriter
 
 logger = logging.getLogger(__name__)
 

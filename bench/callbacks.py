@@ -43,17 +43,17 @@ from sqlalchemy import create_engine, text
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-from shared.db import create_database_engine, sqlalchemy_url  # noqa: E402
-from shared.local_services import (  # noqa: E402
+from bulksms_tools.local_services import (  # noqa: E402
     EmbeddedPostgres,
     EmbeddedRedis,
     ManagedProcess,
     find_free_port,
     wait_for_port,
 )
-from shared.migrate import upgrade_to_head  # noqa: E402
-from shared.settings import load_settings, settings_to_environment  # noqa: E402
-from shared.status_queue import STREAM_KEY  # noqa: E402
+from shared.platform.db import create_database_engine, sqlalchemy_url  # noqa: E402
+from shared.platform.migrate import upgrade_to_head  # noqa: E402
+from shared.platform.settings import load_settings, settings_to_environment  # noqa: E402
+from shared.receipts.status_queue import STREAM_KEY  # noqa: E402
 
 ACCOUNT_SID = "AC" + "be" * 16
 AUTH_TOKEN = "bench-auth-token"

@@ -26,9 +26,7 @@ from sqlalchemy.engine import make_url
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-from shared.api_keys import create_api_key  # noqa: E402
-from shared.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
-from shared.local_services import (  # noqa: E402
+from bulksms_tools.local_services import (  # noqa: E402
     EmbeddedPostgres,
     EmbeddedRedis,
     ManagedProcess,
@@ -36,10 +34,12 @@ from shared.local_services import (  # noqa: E402
     remove_directory,
     wait_for_port,
 )
-from shared.migrate import upgrade_to_head  # noqa: E402
-from shared.models import Message  # noqa: E402
-from shared.settings import load_settings, settings_to_environment  # noqa: E402
-from shared.task_queue import SEND_QUEUE  # noqa: E402
+from shared.platform.api_keys import create_api_key  # noqa: E402
+from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
+from shared.platform.migrate import upgrade_to_head  # noqa: E402
+from shared.platform.models import Message  # noqa: E402
+from shared.platform.settings import load_settings, settings_to_environment  # noqa: E402
+from shared.platform.task_queue import SEND_QUEUE  # noqa: E402
 
 TARGET_SECONDS = 10.0
 TARGET_PEAK_BYTES = 1 << 30

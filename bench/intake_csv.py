@@ -26,9 +26,7 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
 from bench.intake import GUNICORN_OPTIONS, TARGET_PEAK_BYTES, fresh_database, peak_rss_bytes  # noqa: E402
-from shared.api_keys import create_api_key  # noqa: E402
-from shared.db import create_database_engine, create_session_factory  # noqa: E402
-from shared.local_services import (  # noqa: E402
+from bulksms_tools.local_services import (  # noqa: E402
     EmbeddedPostgres,
     EmbeddedRedis,
     ManagedProcess,
@@ -36,9 +34,11 @@ from shared.local_services import (  # noqa: E402
     remove_directory,
     wait_for_port,
 )
-from shared.migrate import upgrade_to_head  # noqa: E402
-from shared.models import Message  # noqa: E402
-from shared.settings import load_settings, settings_to_environment  # noqa: E402
+from shared.platform.api_keys import create_api_key  # noqa: E402
+from shared.platform.db import create_database_engine, create_session_factory  # noqa: E402
+from shared.platform.migrate import upgrade_to_head  # noqa: E402
+from shared.platform.models import Message  # noqa: E402
+from shared.platform.settings import load_settings, settings_to_environment  # noqa: E402
 
 
 def csv_body(rows: int) -> bytes:

@@ -2,9 +2,9 @@
 
 Not a test: run it on purpose, `python bench/progress.py [--recipients N]`. It uses DATABASE_URL when set (a fresh
 `bulksms_bench_progress` database), an embedded PostgreSQL otherwise. The recipients are stored by the real intake
-(`shared.broadcasts.create_broadcast`, COPY), then spread over every state (delivered, sent, undelivered and failed
-with error codes, retries, pending, ...) with a second, smaller broadcast beside it; the GET goes through the Flask
-app. Prints the first (cold) and the median of the next GETs, before and after VACUUM. Target: well under 1 s.
+(`shared.broadcasts.intake.create_broadcast`, COPY), then spread over every state (delivered, sent, undelivered and
+failed with error codes, retries, pending, ...) with a second, smaller broadcast beside it; the GET goes through the
+Flask app. Prints the first (cold) and the median of the next GETs, before and after VACUUM. Target: well under 1 s.
 """
 
 from __future__ import annotations
@@ -23,12 +23,12 @@ REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
 from api.app import create_app  # noqa: E402
-from shared.api_keys import create_api_key  # noqa: E402
-from shared.broadcasts import BroadcastRequest, create_broadcast  # noqa: E402
-from shared.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
-from shared.local_services import EmbeddedPostgres  # noqa: E402
-from shared.migrate import upgrade_to_head  # noqa: E402
-from shared.settings import load_settings  # noqa: E402
+from bulksms_tools.local_services import EmbeddedPostgres  # noqa: E402
+from shared.broadcasts.intake import BroadcastRequest, create_broadcast  # noqa: E402
+from shared.platform.api_keys import create_api_key  # noqa: E402
+from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
+from shared.platform.migrate import upgrade_to_head  # noqa: E402
+from shared.platform.settings import load_settings  # noqa: E402
 
 TARGET_SECONDS = 1.0
 # (share of the recipients, state, error code): applied to consecutive id ranges.

@@ -32,17 +32,17 @@ from sqlalchemy import create_engine, text
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPOSITORY_ROOT))
 
-from shared.api_keys import create_api_key  # noqa: E402
-from shared.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
-from shared.local_services import (  # noqa: E402
+from bulksms_tools.local_services import (  # noqa: E402
     EmbeddedPostgres,
     EmbeddedRedis,
     ManagedProcess,
     find_free_port,
     wait_for_port,
 )
-from shared.migrate import upgrade_to_head  # noqa: E402
-from shared.settings import load_settings, settings_to_environment  # noqa: E402
+from shared.platform.api_keys import create_api_key  # noqa: E402
+from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
+from shared.platform.migrate import upgrade_to_head  # noqa: E402
+from shared.platform.settings import load_settings, settings_to_environment  # noqa: E402
 
 ACCOUNT_SID = "AC" + "be" * 16
 AUTH_TOKEN = "bench-auth-token"
@@ -142,7 +142,7 @@ def main() -> None:
                 [
                     sys.executable,
                     "-m",
-                    "shared.simulator",
+                    "bulksms_tools.simulator",
                     "--host",
                     "127.0.0.1",
                     "--port",

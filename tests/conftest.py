@@ -24,10 +24,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
-from shared.db import create_database_engine, create_session_factory, sqlalchemy_url
-from shared.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port, wait_for_port
-from shared.migrate import upgrade_to_head
-from shared.settings import Settings, load_settings, settings_to_environment
+from bulksms_tools.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port, wait_for_port
+from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url
+from shared.platform.migrate import upgrade_to_head
+from shared.platform.settings import Settings, load_settings, settings_to_environment
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 TEST_ACCOUNT_SID = "AC" + "a1" * 16
@@ -114,7 +114,7 @@ def simulator_url(artifacts_directory: Path) -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "shared.simulator",
+            "bulksms_tools.simulator",
             "--host",
             "127.0.0.1",
             "--port",

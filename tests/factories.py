@@ -12,7 +12,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from shared.models import ApiKey, Broadcast, BroadcastStatus, Message, MessageState
+from shared.platform.models import ApiKey, Broadcast, BroadcastStatus, Message, MessageState
 
 DEFAULT_BODY = "Hello from the worker tests"
 

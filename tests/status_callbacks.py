@@ -10,7 +10,7 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from shared.status_queue import QueuedCallback
+from shared.receipts.status_queue import QueuedCallback
 
 CALLBACK_PATH = "/webhooks/twilio/status"
 

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from dotenv import dotenv_values
 
-from shared.cli import cli
+from bulksms_tools.cli import cli
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_TEXT = (REPOSITORY_ROOT / "docker-compose.yml").read_text()
@@ -111,7 +111,7 @@ def test_every_package_command_exists(name: str) -> None:
 
 
 def test_every_queue_has_a_worker_consuming_it() -> None:
-    from shared.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
+    from shared.platform.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
 
     def queues(service: str) -> set[str]:
         words = command_words(SERVICES[service])

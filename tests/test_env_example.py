@@ -7,8 +7,8 @@ from pathlib import Path
 
 from dotenv import dotenv_values
 
-from shared.cli import COMPOSE_VARIABLES
-from shared.settings import Settings, load_settings, settings_documentation
+from bulksms_tools.cli import COMPOSE_VARIABLES
+from shared.platform.settings import Settings, load_settings, settings_documentation
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 ENV_EXAMPLE = REPOSITORY_ROOT / ".env.example"

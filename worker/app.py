@@ -11,10 +11,10 @@ from typing import Any
 
 from celery import signals
 
-from shared.logging_config import configure_logging, connect_celery_task_context
-from shared.sending import LEASE_SAFETY_MARGIN_SECONDS, SendingResources
-from shared.settings import Settings, SettingsError, load_settings
-from shared.task_queue import create_celery_app
+from shared.platform.logging_config import configure_logging, connect_celery_task_context
+from shared.platform.settings import Settings, SettingsError, load_settings
+from shared.platform.task_queue import create_celery_app
+from shared.sending.chunks import LEASE_SAFETY_MARGIN_SECONDS, SendingResources
 
 WORKER_REQUIRED_SETTINGS = (
     "database_url",
@@ -58,7 +58,7 @@ def sending_resources() -> SendingResources:
 
 @signals.setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    # JSON lines carrying the task id and broadcast id of the task in hand (shared.logging_config).
+    # JSON lines carrying the task id and broadcast id of the task in hand (shared.platform.logging_config).
     configure_logging(settings, "worker")
 
 

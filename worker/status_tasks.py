@@ -1,5 +1,5 @@
 """`sms.apply_status_events`: beat runs it every second on `sms.status`; it drains the callback stream for a
-few seconds under one consumer slot (shared.status_events.drain_status_stream)."""
+few seconds under one consumer slot (shared.receipts.events.drain_status_stream)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import redis
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.status_events import drain_status_stream
-from shared.task_queue import APPLY_STATUS_EVENTS_TASK
+from shared.platform.task_queue import APPLY_STATUS_EVENTS_TASK
+from shared.receipts.events import drain_status_stream
 from worker.app import celery_app, sending_resources, settings
 
 logger = logging.getLogger(__name__)

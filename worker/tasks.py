@@ -10,18 +10,9 @@ from celery import Task
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from shared.broadcast_control import release_due_deferred_chunks, release_scheduled_broadcasts
-from shared.completion import (
-    callback_retry_delay,
-    complete_broadcasts,
-    deliver_completion_callback,
-    forgotten_completion_callbacks,
-)
-from shared.db import session_scope
-from shared.delivery_retries import release_and_enqueue_due_retries
-from shared.sending import send_chunk
-from shared.sweeper import sweep
-from shared.task_queue import (
+from shared.broadcasts.control import release_due_deferred_chunks, release_scheduled_broadcasts
+from shared.platform.db import session_scope
+from shared.platform.task_queue import (
     COMPLETE_BROADCASTS_TASK,
     NOTIFY_COMPLETION_TASK,
     RELEASE_DEFERRED_TASK,
@@ -31,6 +22,15 @@ from shared.task_queue import (
     SWEEP_TASK,
     enqueue_completion_callbacks,
 )
+from shared.receipts.completion import (
+    callback_retry_delay,
+    complete_broadcasts,
+    deliver_completion_callback,
+    forgotten_completion_callbacks,
+)
+from shared.receipts.delivery_retries import release_and_enqueue_due_retries
+from shared.sending.chunks import send_chunk
+from shared.sending.sweeper import sweep
 from worker.app import celery_app, sending_resources, settings
 
 logger = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ def send_chunk_task(self: Task, broadcast_id: str, chunk_number: int) -> None:
 
 @celery_app.task(name=SWEEP_TASK)
 def sweep_task() -> None:
-    """Recover forgotten broadcasts, idle chunks, expired claims and `unknown` sends (see shared.sweeper)."""
+    """Recover forgotten broadcasts, idle chunks, expired claims and `unknown` sends (see shared.sending.sweeper)."""
     report = sweep(sending_resources(), celery_app)
     if not report.skipped:
         logger.debug("sweep: %s", report)

@@ -13,9 +13,9 @@ from sqlalchemy.orm import Session
 
 from api import create_app
 from api.context import EXTENSION_NAME
-from shared.api_keys import create_api_key
-from shared.db import create_database_engine
-from shared.settings import Settings, load_settings
+from shared.platform.api_keys import create_api_key
+from shared.platform.db import create_database_engine
+from shared.platform.settings import Settings, load_settings
 
 
 # The API never talks to Twilio: these replace the suite-wide fixtures of the same names (which also start the

@@ -8,8 +8,8 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.api_keys import create_api_key
-from shared.models import ApiKey, Broadcast, BroadcastStatus
+from shared.platform.api_keys import create_api_key
+from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
 from tests.factories import create_broadcast, numbers
 
 # What `seed_broadcast` does to a 100-recipient broadcast, by position in the list (first..last, exclusive).

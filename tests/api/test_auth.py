@@ -9,8 +9,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.api_keys import authenticate_api_key, create_api_key, list_api_keys, revoke_api_key
-from shared.models import ApiKey, Broadcast
+from shared.platform.api_keys import authenticate_api_key, create_api_key, list_api_keys, revoke_api_key
+from shared.platform.models import ApiKey, Broadcast
 from tests.api.conftest import post_broadcast
 
 BROADCAST = {"message": "hi", "recipients": ["+447700900123"]}

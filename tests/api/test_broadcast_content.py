@@ -13,9 +13,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import Broadcast, Message
-from shared.settings import Settings
-from shared.task_queue import SEND_QUEUE
+from shared.platform.models import Broadcast, Message
+from shared.platform.settings import Settings
+from shared.platform.task_queue import SEND_QUEUE
 from tests.api.conftest import build_app, phone_numbers, post_broadcast
 
 CURLY = "Don\u2019t forget: polls close at 10pm"

@@ -11,7 +11,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.task_queue import SEND_QUEUE
+from shared.platform.task_queue import SEND_QUEUE
 from tests.api.conftest import phone_numbers, post_broadcast
 
 NEW_YORK, LONDON, SYDNEY = "+12125550100", "+442071234567", "+61291234567"

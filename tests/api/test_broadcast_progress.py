@@ -9,7 +9,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.api_keys import authenticate_api_key
+from shared.platform.api_keys import authenticate_api_key
 from tests.api.conftest import phone_numbers, post_broadcast
 
 

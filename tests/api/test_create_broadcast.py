@@ -12,10 +12,10 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.local_services import find_free_port
-from shared.models import Broadcast, Message
-from shared.settings import Settings
-from shared.task_queue import SEND_CHUNK_TASK, SEND_QUEUE
+from bulksms_tools.local_services import find_free_port
+from shared.platform.models import Broadcast, Message
+from shared.platform.settings import Settings
+from shared.platform.task_queue import SEND_CHUNK_TASK, SEND_QUEUE
 from tests.api.conftest import build_app, phone_numbers, post_broadcast
 
 PROBLEM_JSON = "application/problem+json"
@@ -207,7 +207,7 @@ def test_same_idempotency_key_with_a_different_body_is_a_conflict(
 def test_idempotency_keys_are_scoped_to_the_api_key(
     client: FlaskClient, auth: dict[str, str], db_session: Session
 ) -> None:
-    from shared.api_keys import create_api_key
+    from shared.platform.api_keys import create_api_key
 
     _, other_key = create_api_key(db_session, "other team")
     request_body = {"message": "hi", "recipients": ["+447700900123"]}

@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.models import Broadcast, Message
-from shared.settings import Settings
+from shared.platform.models import Broadcast, Message
+from shared.platform.settings import Settings
 from tests.api.conftest import build_app, phone_numbers
 from tests.api.test_create_broadcast import PROBLEM_JSON, stored_counts
 

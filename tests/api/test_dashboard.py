@@ -16,11 +16,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from api.dashboard import activity_chart, session_secret_key
-from shared.api_keys import revoke_api_key
-from shared.broadcast_activity import broadcast_activity, bucket_width
-from shared.error_codes import ERROR_CODES, describe_error_code
-from shared.models import BroadcastStatus
-from shared.settings import Settings
+from shared.broadcasts.activity import broadcast_activity, bucket_width
+from shared.platform.api_keys import revoke_api_key
+from shared.platform.models import BroadcastStatus
+from shared.platform.settings import Settings
+from shared.twilio.error_codes import ERROR_CODES, describe_error_code
 from tests.api.dashboard_data import SignedKey, new_key, seed_broadcast
 
 

@@ -26,9 +26,9 @@ import pytest
 from sqlalchemy.orm import Session
 from werkzeug.serving import make_server
 
-from shared.local_services import find_free_port
-from shared.models import BroadcastStatus
-from shared.settings import Settings
+from bulksms_tools.local_services import find_free_port
+from shared.platform.models import BroadcastStatus
+from shared.platform.settings import Settings
 from tests.api.conftest import build_app
 from tests.api.dashboard_data import SignedKey, new_key, seed_broadcast
 

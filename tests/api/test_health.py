@@ -6,8 +6,8 @@ from typing import Any
 
 from flask.testing import FlaskClient
 
-from shared.local_services import find_free_port
-from shared.settings import Settings
+from bulksms_tools.local_services import find_free_port
+from shared.platform.settings import Settings
 from tests.api.conftest import build_app
 
 

@@ -10,9 +10,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.api_keys import create_api_key
-from shared.message_export import EXPORT_COLUMNS
-from shared.models import Message
+from shared.messages.export import EXPORT_COLUMNS
+from shared.platform.api_keys import create_api_key
+from shared.platform.models import Message
 from tests.api.conftest import phone_numbers, post_broadcast
 
 

@@ -15,11 +15,11 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from api.webhook_app import create_webhook_app
-from shared.concurrency import concurrency_key
-from shared.metrics import STORED_METRICS, MetricsRecorder, render_metrics
-from shared.settings import Settings
-from shared.status_queue import STREAM_KEY, push_callback
-from shared.task_queue import create_celery_app, enqueue_chunks
+from shared.platform.metrics import STORED_METRICS, MetricsRecorder, render_metrics
+from shared.platform.settings import Settings
+from shared.platform.task_queue import create_celery_app, enqueue_chunks
+from shared.receipts.status_queue import STREAM_KEY, push_callback
+from shared.sending.concurrency import concurrency_key
 from tests.api.conftest import build_app, phone_numbers, post_broadcast
 from tests.metrics_text import parse_exposition, total, value
 from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature

@@ -12,9 +12,9 @@ from flask.testing import FlaskClient
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.sending import ClaimedMessage, record_opted_out_numbers
-from shared.settings import Settings
-from shared.twilio_gateway import Permanent
+from shared.platform.settings import Settings
+from shared.sending.chunks import ClaimedMessage, record_opted_out_numbers
+from shared.twilio.gateway import Permanent
 from tests.status_callbacks import twilio_signature
 
 TOKEN = "test-auth-token-0123456789abcdef"

@@ -8,7 +8,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from shared.models import Message
+from shared.platform.models import Message
 from tests.api.conftest import phone_numbers, post_broadcast
 
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 import pytest
 from flask.testing import FlaskClient
 
-from shared.logging_config import configure_logging
-from shared.settings import Settings
+from shared.platform.logging_config import configure_logging
+from shared.platform.settings import Settings
 
 from .conftest import phone_numbers, post_broadcast
 

@@ -17,9 +17,9 @@ from flask.testing import FlaskClient
 from twilio.request_validator import RequestValidator
 
 from api.webhook_app import create_webhook_app
-from shared.local_services import find_free_port
-from shared.settings import Settings
-from shared.status_queue import STREAM_KEY, StatusStreamConsumer, ensure_consumer_group
+from bulksms_tools.local_services import find_free_port
+from shared.platform.settings import Settings
+from shared.receipts.status_queue import STREAM_KEY, StatusStreamConsumer, ensure_consumer_group
 from tests.api.conftest import build_app
 from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature
 

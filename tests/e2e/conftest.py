@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.local_services import ManagedProcess, find_free_port, wait_for_port
-from shared.settings import Settings, settings_to_environment
+from bulksms_tools.local_services import ManagedProcess, find_free_port, wait_for_port
+from shared.platform.settings import Settings, settings_to_environment
 from tests.conftest import REPOSITORY_ROOT
 
 

@@ -10,8 +10,8 @@ from flask.testing import FlaskClient
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from shared.api_keys import create_api_key
-from shared.settings import Settings
+from shared.platform.api_keys import create_api_key
+from shared.platform.settings import Settings
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 
 pytestmark = pytest.mark.e2e

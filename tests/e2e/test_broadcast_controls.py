@@ -13,8 +13,8 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from shared.api_keys import create_api_key
-from shared.settings import Settings
+from shared.platform.api_keys import create_api_key
+from shared.platform.settings import Settings
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 from tests.e2e.test_broadcast_delivery import broadcast_view, distinct_numbers, message_states
 

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from api.app import create_app
-from shared.api_keys import create_api_key
-from shared.local_services import EmbeddedRedis
-from shared.settings import Settings
+from bulksms_tools.local_services import EmbeddedRedis
+from shared.platform.api_keys import create_api_key
+from shared.platform.settings import Settings
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -235,7 +235,7 @@ def test_chunk_tasks_delivered_twice_send_once(
     redis_client: Any,
 ) -> None:
     """At-least-once delivery of tasks (a redelivery, a sweeper re-enqueue) must not become a second SMS."""
-    from shared.task_queue import create_celery_app, enqueue_chunks
+    from shared.platform.task_queue import create_celery_app, enqueue_chunks
 
     intake = submit(api_client, api_key, distinct_numbers(500))
     enqueue_chunks(create_celery_app(settings), intake["id"], range(intake["chunks"]))  # every chunk task twice

@@ -12,10 +12,10 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from shared.completion import SIGNATURE_HEADER, verify_callback_signature
-from shared.models import ApiKey
-from shared.settings import Settings
-from shared.task_queue import create_celery_app, enqueue_chunks
+from shared.platform.models import ApiKey
+from shared.platform.settings import Settings
+from shared.platform.task_queue import create_celery_app, enqueue_chunks
+from shared.receipts.completion import SIGNATURE_HEADER, verify_callback_signature
 from tests.callback_receiver import CompletionCallbackReceiver
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 from tests.factories import create_broadcast

@@ -7,8 +7,8 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from shared.settings import Settings
-from shared.task_queue import create_celery_app, enqueue_chunks
+from shared.platform.settings import Settings
+from shared.platform.task_queue import create_celery_app, enqueue_chunks
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 from tests.factories import create_broadcast
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.api_keys import create_api_key
-from shared.broadcasts import BroadcastRequest, create_broadcast, enqueue_broadcast
-from shared.settings import Settings
-from shared.task_queue import create_celery_app
+from shared.broadcasts.intake import BroadcastRequest, create_broadcast, enqueue_broadcast
+from shared.platform.api_keys import create_api_key
+from shared.platform.settings import Settings
+from shared.platform.task_queue import create_celery_app
 from tests.conftest import WorkerProcesses, wait_until
 
 pytestmark = pytest.mark.e2e

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.models import BroadcastStatus, MessageState
-from shared.settings import Settings, settings_to_environment
-from shared.task_queue import create_celery_app, enqueue_chunks
+from shared.platform.models import BroadcastStatus, MessageState
+from shared.platform.settings import Settings, settings_to_environment
+from shared.platform.task_queue import create_celery_app, enqueue_chunks
 from tests.conftest import REPOSITORY_ROOT, wait_until
 from tests.factories import broadcast_of, create_broadcast, messages_of, numbers, states_of
 

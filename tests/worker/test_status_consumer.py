@@ -16,12 +16,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session
 
 from api.webhook_app import create_webhook_app
-from shared.db import create_database_engine, create_session_factory, sqlalchemy_url
-from shared.local_services import EmbeddedPostgres
-from shared.migrate import upgrade_to_head
-from shared.models import Message
-from shared.settings import Settings
-from shared.status_queue import CONSUMER_GROUP, STREAM_KEY, push_callback
+from bulksms_tools.local_services import EmbeddedPostgres
+from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url
+from shared.platform.migrate import upgrade_to_head
+from shared.platform.models import Message
+from shared.platform.settings import Settings
+from shared.receipts.status_queue import CONSUMER_GROUP, STREAM_KEY, push_callback
 from tests.conftest import TEST_AUTH_TOKEN, WorkerProcesses, wait_until
 from tests.factories import create_broadcast, messages_of
 from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature

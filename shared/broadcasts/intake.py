@@ -1,0 +1,464 @@
+"""Broadcast intake, enqueueing, progress and paging: the logic behind the API, taking a SQLAlchemy Session.
+
+Intake stores the broadcast row and every recipient (PostgreSQL COPY) in one transaction, and only
+then are the chunk tasks published: a task never names a broadcast that is not committed, and a crash
+between the commit and the publish leaves `enqueued_at` NULL for the sweeper to finish.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Generic, TypeVar
+
+import kombu.exceptions
+import redis.exceptions
+from celery import Celery
+from sqlalchemy import func, select, tuple_, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+from shared.broadcasts.content import (
+    Pricing,
+    check_limits,
+    check_template_recipients,
+    prepare_recipients,
+    report_content,
+)
+from shared.broadcasts.control import apply_intake_rules
+from shared.platform.models import Broadcast, BroadcastStatus, Message, MessageState
+from shared.platform.settings import Settings
+from shared.platform.task_queue import enqueue_chunks
+
+logger = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARACTERS = 1_600
+MAX_RECIPIENTS = 1_000_000
+ON_INVALID_CHOICES = ("reject", "skip")
+# COPY rows are handed to psycopg2 in blocks of this many recipients, so the whole list is never one string.
+COPY_ROWS_PER_BLOCK = 10_000
+
+ItemT = TypeVar("ItemT")
+
+
+class IntakeError(Exception):
+    """The broadcast cannot be accepted; nothing was stored."""
+
+
+class InvalidRecipientsError(IntakeError):
+    def __init__(self, invalid_count: int, invalid_sample: list[dict[str, Any]], valid_count: int) -> None:
+        super().__init__(f"{invalid_count} invalid recipient(s)")
+        self.invalid_count = invalid_count
+        self.invalid_sample = invalid_sample
+        self.valid_count = valid_count
+
+
+class IdempotencyConflictError(IntakeError):
+    def __init__(self, broadcast_id: uuid.UUID) -> None:
+        super().__init__("this Idempotency-Key was used with a different request")
+        self.broadcast_id = broadcast_id
+
+
+class InvalidCursorError(ValueError):
+    """A paging cursor that this service did not produce."""
+
+
+@dataclass(frozen=True)
+class BroadcastRequest:
+    """What a client asked for, already checked for shape (types and sizes) but not yet normalised."""
+
+    message: str
+    recipients: Sequence[Any]
+    on_invalid: str = "reject"
+    callback_url: str | None = None  # receives the signed completion summary (shared.receipts.completion)
+    # Scheduling and quiet hours (shared.broadcasts.control, shared.compliance.quiet_hours): aware send_at and
+    # ("21:00", "08:00").
+    send_at: datetime | None = None
+    quiet_hours: tuple[str, str] | None = None
+    # Content options (issue 4; shared.broadcasts.content): MMS media, Twilio's ValidityPeriod, the client's limits.
+    media_urls: tuple[str, ...] | None = None
+    validity_period: int | None = None
+    max_segments: int | None = None
+    max_cost: Decimal | None = None
+    dry_run: bool = False  # report only: nothing stored, not part of the fingerprint
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the canonical request: what an Idempotency-Key is compared against."""
+        canonical_fields: dict[str, Any] = {
+            "message": self.message,
+            "on_invalid": self.on_invalid,
+            "recipients": list(self.recipients),
+        }
+        if self.callback_url is not None:  # absent otherwise, so older broadcasts keep their fingerprints
+            canonical_fields["callback_url"] = self.callback_url
+        if self.send_at is not None:
+            canonical_fields["send_at"] = self.send_at.isoformat()
+        if self.quiet_hours is not None:
+            canonical_fields["quiet_hours"] = list(self.quiet_hours)
+        for name in ("media_urls", "validity_period", "max_segments", "max_cost"):
+            value = getattr(self, name)
+            if value is not None:  # absent otherwise, like callback_url
+                canonical_fields[name] = list(value) if name == "media_urls" else str(value)
+        canonical = json.dumps(
+            canonical_fields,
+            sort_keys=True,
+            separators=(",", ":"),
+            ensure_ascii=False,
+        )
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class IntakeResult:
+    broadcast: Broadcast
+    created: bool  # False when an Idempotency-Key replayed an earlier broadcast
+    dry_run: bool = False  # the broadcast is a transient report, never stored
+
+
+@dataclass(frozen=True)
+class Page(Generic[ItemT]):
+    items: list[ItemT]
+    next_cursor: str | None
+
+
+@dataclass
+class _CopySource:
+    """A file-like object for `copy_expert` that renders the COPY text block by block."""
+
+    blocks: Iterator[str]
+    _buffer: str = field(default="")
+
+    def read(self, size: int = -1) -> str:
+        while size < 0 or len(self._buffer) < size:
+            block = next(self.blocks, None)
+            if block is None:
+                break
+            self._buffer += block
+        if size < 0:
+            size = len(self._buffer)
+        text, self._buffer = self._buffer[:size], self._buffer[size:]
+        return text
+
+
+def _copy_blocks(broadcast_id: uuid.UUID, numbers: list[str], chunk_size: int) -> Iterator[str]:
+    """Tab-separated rows `broadcast_id, chunk_number, to_number, state`: chunk k holds numbers k*size..."""
+    pending = MessageState.PENDING.value
+    rows_per_block = max(chunk_size, (COPY_ROWS_PER_BLOCK // chunk_size) * chunk_size)
+    for block_start in range(0, len(numbers), rows_per_block):
+        parts = []
+        for chunk_start in range(block_start, min(block_start + rows_per_block, len(numbers)), chunk_size):
+            prefix = f"{broadcast_id}\t{chunk_start // chunk_size}\t"
+            chunk = numbers[chunk_start : chunk_start + chunk_size]
+            parts.append(prefix + f"\t{pending}\n{prefix}".join(chunk) + f"\t{pending}\n")
+        yield "".join(parts)
+
+
+def _copy_recipients(session: Session, broadcast_id: uuid.UUID, numbers: list[str], chunk_size: int) -> None:
+    """Insert one pending message per number with COPY, inside the session's current transaction."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor: Any = dbapi_connection.cursor()  # psycopg2's cursor: copy_expert is not in the DB-API types
+    try:
+        cursor.copy_expert(
+            "COPY messages (broadcast_id, chunk_number, to_number, state) FROM STDIN",
+            _CopySource(_copy_blocks(broadcast_id, numbers, chunk_size)),
+            size=1 << 20,
+        )
+    finally:
+        cursor.close()
+
+
+def _copy_blocks_with_variables(
+    broadcast_id: uuid.UUID, numbers: list[str], variables: list[dict[str, str] | None], chunk_size: int
+) -> Iterator[str]:
+    """Rows `broadcast_id, chunk_number, to_number, state, variables` (JSON, `\\N` when none) for a template."""
+    pending = MessageState.PENDING.value
+    for block_start in range(0, len(numbers), COPY_ROWS_PER_BLOCK):
+        rows = []
+        for index in range(block_start, min(block_start + COPY_ROWS_PER_BLOCK, len(numbers))):
+            values = variables[index]
+            # COPY text format: JSON escapes tabs and newlines itself; only backslashes need doubling.
+            encoded = "\\N" if values is None else json.dumps(values, ensure_ascii=False).replace("\\", "\\\\")
+            rows.append(f"{broadcast_id}\t{index // chunk_size}\t{numbers[index]}\t{pending}\t{encoded}\n")
+        yield "".join(rows)
+
+
+def _copy_recipients_with_variables(
+    session: Session,
+    broadcast_id: uuid.UUID,
+    numbers: list[str],
+    variables: list[dict[str, str] | None],
+    chunk_size: int,
+) -> None:
+    """Like `_copy_recipients`, also storing each recipient's template variables (rendered at send time)."""
+    dbapi_connection = session.connection().connection.dbapi_connection
+    assert dbapi_connection is not None
+    cursor: Any = dbapi_connection.cursor()
+    try:
+        cursor.copy_expert(
+            "COPY messages (broadcast_id, chunk_number, to_number, state, variables) FROM STDIN",
+            _CopySource(_copy_blocks_with_variables(broadcast_id, numbers, variables, chunk_size)),
+            size=1 << 20,
+        )
+    finally:
+        cursor.close()
+
+
+def find_idempotent_broadcast(session: Session, api_key_id: int, idempotency_key: str) -> Broadcast | None:
+    return session.scalar(
+        select(Broadcast).where(Broadcast.api_key_id == api_key_id, Broadcast.idempotency_key == idempotency_key)
+    )
+
+
+def _replay(existing: Broadcast, fingerprint: str) -> IntakeResult:
+    if existing.request_fingerprint != fingerprint:
+        raise IdempotencyConflictError(existing.id)
+    return IntakeResult(existing, created=False)
+
+
+def create_broadcast(
+    session: Session,
+    *,
+    api_key_id: int,
+    request: BroadcastRequest,
+    chunk_size: int,
+    idempotency_key: str | None = None,
+    pricing: Pricing | None = None,
+    smart_encoding: bool = False,
+    now: datetime | None = None,
+) -> IntakeResult:
+    """Validate the recipients, store the broadcast and all its messages, and commit (not enqueued).
+
+    Raises InvalidRecipientsError, TemplateRecipientsError, ContentLimitError (nothing stored) or
+    IdempotencyConflictError. A `dry_run` request stores nothing and returns a transient broadcast. With an
+    `idempotency_key` that this API key already used for the same request, returns the original broadcast,
+    `created=False`.
+    """
+    if request.dry_run:
+        idempotency_key = None
+    fingerprint = request.fingerprint() if idempotency_key is not None else None
+    if idempotency_key is not None and fingerprint is not None:
+        existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
+        if existing is not None:
+            return _replay(existing, fingerprint)
+
+    started = time.perf_counter()
+    content = prepare_recipients(request.message, request.recipients)
+    recipients = content.recipients
+    normalised = time.perf_counter()
+    invalid_sample = [invalid.as_dict() for invalid in recipients.invalid_sample]
+    if not recipients.numbers or (recipients.invalid_count and request.on_invalid == "reject"):
+        raise InvalidRecipientsError(recipients.invalid_count, invalid_sample, len(recipients.numbers))
+
+    check_template_recipients(content)
+    report = report_content(
+        content,
+        request.message,
+        media_urls=request.media_urls,
+        smart_encoded=smart_encoding,
+        pricing=pricing or Pricing(Decimal(str(Settings.price_per_segment))),
+    )
+    check_limits(report, max_segments=request.max_segments, max_cost=request.max_cost)
+    chunk_count = -(-len(recipients.numbers) // chunk_size)
+    content_values: dict[str, Any] = {
+        # A template is stored as given and rendered per message at send time; a plain body with `{{` / `}}`
+        # is stored unescaped, exactly as it is sent.
+        "body": request.message if content.is_template else content.template.literal_text,
+        "encoding": report.encoding,
+        "characters": report.characters,
+        "segments": report.segments,
+        "media_urls": list(request.media_urls) if request.media_urls else None,
+        "validity_period": request.validity_period,
+        "smart_encoded": smart_encoding,
+        "is_template": content.is_template,
+        "max_segments": request.max_segments,
+        "max_cost": request.max_cost,
+        "estimated_cost": report.estimated_cost,
+        "segments_total": report.segments_total,
+        "segments_min": report.segments_min,
+        "segments_max": report.segments_max,
+    }
+    if request.dry_run:
+        preview = Broadcast(
+            status="dry_run",
+            recipients_received=len(request.recipients),
+            recipients_accepted=len(recipients.numbers),
+            recipients_duplicates=recipients.duplicates,
+            recipients_invalid=recipients.invalid_count,
+            invalid_sample=invalid_sample,
+            chunk_size=chunk_size,
+            chunk_count=chunk_count,
+            callback_url=request.callback_url,
+            **content_values,
+        )
+        return IntakeResult(preview, created=False, dry_run=True)
+    insert_broadcast = (
+        insert(Broadcast)
+        .values(
+            id=uuid.uuid4(),
+            api_key_id=api_key_id,
+            status=(BroadcastStatus.SCHEDULED if request.send_at else BroadcastStatus.QUEUED).value,
+            send_at=request.send_at,
+            quiet_hours_start=request.quiet_hours[0] if request.quiet_hours else None,
+            quiet_hours_end=request.quiet_hours[1] if request.quiet_hours else None,
+            **content_values,
+            recipients_received=len(request.recipients),
+            recipients_accepted=len(recipients.numbers),
+            recipients_duplicates=recipients.duplicates,
+            recipients_invalid=recipients.invalid_count,
+            invalid_sample=invalid_sample,
+            chunk_size=chunk_size,
+            chunk_count=chunk_count,
+            idempotency_key=idempotency_key,
+            request_fingerprint=fingerprint,
+            callback_url=request.callback_url,
+        )
+        # A concurrent request with the same Idempotency-Key waits here for the other transaction to finish.
+        .on_conflict_do_nothing(
+            index_elements=[Broadcast.api_key_id, Broadcast.idempotency_key],
+            index_where=Broadcast.idempotency_key.is_not(None),
+        )
+        .returning(Broadcast)
+    )
+    broadcast = session.scalars(insert_broadcast).one_or_none()
+    if broadcast is None:  # lost the race to a request with the same Idempotency-Key
+        session.rollback()
+        assert idempotency_key is not None and fingerprint is not None
+        existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
+        assert existing is not None
+        return _replay(existing, fingerprint)
+    try:
+        if content.is_template and content.variables is not None:
+            _copy_recipients_with_variables(session, broadcast.id, recipients.numbers, content.variables, chunk_size)
+        else:
+            _copy_recipients(session, broadcast.id, recipients.numbers, chunk_size)
+        # Opted-out numbers become `skipped`; quiet hours: how many would be deferred (shared.broadcasts.control).
+        apply_intake_rules(session, broadcast, recipients.numbers, now)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        raise
+    logger.info(
+        "broadcast %s stored: %d recipients in %d chunks (%d duplicates, %d invalid skipped);"
+        " normalised in %.2fs, stored in %.2fs",
+        broadcast.id,
+        len(recipients.numbers),
+        chunk_count,
+        recipients.duplicates,
+        recipients.invalid_count,
+        normalised - started,
+        time.perf_counter() - normalised,
+    )
+    return IntakeResult(broadcast, created=True)
+
+
+def enqueue_broadcast(session: Session, celery_app: Celery, broadcast: Broadcast) -> bool:
+    """Publish one chunk task per chunk, then set `enqueued_at`. False when the broker could not be reached.
+
+    The broadcast is committed before this runs, so a failure here loses nothing: with `enqueued_at`
+    still NULL the sweeper publishes the chunks once the broker is back.
+    """
+    try:
+        enqueue_chunks(celery_app, broadcast.id, range(broadcast.chunk_count))
+    except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError):
+        logger.warning("broadcast %s stored but not enqueued (broker unreachable); the sweeper will", broadcast.id)
+        return False
+    try:
+        session.execute(
+            update(Broadcast)
+            .where(Broadcast.id == broadcast.id, Broadcast.enqueued_at.is_(None))
+            .values(enqueued_at=func.now())
+        )
+        session.commit()
+    except DBAPIError:
+        # Chunks are published; the sweeper will publish them again, which the workers' claims make harmless.
+        session.rollback()
+        logger.warning("broadcast %s enqueued but enqueued_at not recorded", broadcast.id)
+    else:
+        session.refresh(broadcast)
+    return True
+
+
+def message_state_counts(session: Session, broadcast_id: uuid.UUID) -> dict[str, int]:
+    """How many of the broadcast's messages are in each state (every state present, zeros included)."""
+    counts = {state.value: 0 for state in MessageState}
+    rows = session.execute(
+        select(Message.state, func.count()).where(Message.broadcast_id == broadcast_id).group_by(Message.state)
+    )
+    for state, count in rows:
+        counts[state] = count
+    return counts
+
+
+def get_broadcast(session: Session, api_key_id: int, broadcast_id: uuid.UUID) -> Broadcast | None:
+    """The broadcast if it exists and was created with this API key (keys only see their own broadcasts)."""
+    broadcast = session.get(Broadcast, broadcast_id)
+    if broadcast is None or broadcast.api_key_id != api_key_id:
+        return None
+    return broadcast
+
+
+def encode_cursor(values: dict[str, Any]) -> str:
+    raw = json.dumps(values, separators=(",", ":")).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> dict[str, Any]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        values = json.loads(raw)
+    except (binascii.Error, ValueError) as error:
+        raise InvalidCursorError("not a cursor from this API") from error
+    if not isinstance(values, dict):
+        raise InvalidCursorError("not a cursor from this API")
+    return values
+
+
+def list_broadcasts(session: Session, api_key_id: int, *, cursor: str | None, limit: int) -> Page[Broadcast]:
+    """This key's broadcasts, newest first, `limit` at a time."""
+    query = select(Broadcast).where(Broadcast.api_key_id == api_key_id)
+    if cursor is not None:
+        values = decode_cursor(cursor)
+        try:
+            created_at = datetime.fromisoformat(values["created_at"])
+            after_id = uuid.UUID(values["id"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise InvalidCursorError("not a cursor from this API") from error
+        query = query.where(tuple_(Broadcast.created_at, Broadcast.id) < tuple_(created_at, after_id))
+    rows = list(session.scalars(query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        last = rows[-1]
+        next_cursor = encode_cursor({"created_at": last.created_at.isoformat(), "id": str(last.id)})
+    return Page(rows, next_cursor)
+
+
+def list_messages(
+    session: Session, broadcast_id: uuid.UUID, *, state: str | None, cursor: str | None, limit: int
+) -> Page[Message]:
+    """The broadcast's messages in id order (the order they were given), optionally in one state."""
+    query = select(Message).where(Message.broadcast_id == broadcast_id)
+    if state is not None:
+        query = query.where(Message.state == state)
+    if cursor is not None:
+        after_id = decode_cursor(cursor).get("after")
+        if not isinstance(after_id, int):
+            raise InvalidCursorError("not a cursor from this API")
+        query = query.where(Message.id > after_id)
+    rows = list(session.scalars(query.order_by(Message.id).limit(limit + 1)))
+    next_cursor = None
+    if len(rows) > limit:
+        rows = rows[:limit]
+        next_cursor = encode_cursor({"after": rows[-1].id})
+    return Page(rows, next_cursor)

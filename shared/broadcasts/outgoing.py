@@ -1,0 +1,53 @@
+"""What every message of a broadcast is sent with, read once per chunk: body or template, media, Twilio options."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.broadcasts.templates import MessageTemplate, parse_template
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingContent:
+    body: str
+    template: MessageTemplate | None = None  # parsed once; each message is rendered from its own variables
+    media_urls: tuple[str, ...] | None = None
+    validity_period: int | None = None
+    smart_encoded: bool = False
+
+    def body_for(self, variables: Mapping[str, str] | None) -> str:
+        return self.body if self.template is None else self.template.render(variables)
+
+    def send_options(self) -> dict[str, Any]:
+        """Keyword arguments for `TwilioGateway.send`: only the options this broadcast uses."""
+        options: dict[str, Any] = {}
+        if self.media_urls:
+            options["media_urls"] = self.media_urls
+        if self.validity_period is not None:
+            options["validity_period"] = self.validity_period
+        if self.smart_encoded:
+            options["smart_encoded"] = True
+        return options
+
+
+def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> OutgoingContent | None:
+    """The broadcast's content and send options, or None when there is no such broadcast."""
+    row = session.execute(
+        text("SELECT body, is_template, media_urls, validity_period, smart_encoded FROM broadcasts WHERE id = :id"),
+        {"id": broadcast_id},
+    ).one_or_none()
+    if row is None:
+        return None
+    return OutgoingContent(
+        body=row.body,
+        template=parse_template(row.body) if row.is_template else None,
+        media_urls=tuple(row.media_urls) if row.media_urls else None,
+        validity_period=row.validity_period,
+        smart_encoded=bool(row.smart_encoded),
+    )

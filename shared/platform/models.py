@@ -1,0 +1,250 @@
+"""The tables: broadcasts, one row per recipient message, API keys, status events, attempts, opt-outs.
+
+The schema itself is created only by the Alembic migrations in `shared/platform/migrations`; these classes must match
+them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    Numeric,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class BroadcastStatus(enum.StrEnum):
+    QUEUED = "queued"  # stored and enqueued, no recipient claimed yet
+    SENDING = "sending"  # at least one chunk claimed
+    SUBMITTED = "submitted"  # every recipient has a Twilio outcome (accepted, failed)
+    COMPLETED = "completed"  # every message final, or no receipt for the configured time
+    SCHEDULED = "scheduled"  # stored with a future send_at; beat releases it
+    PAUSED = "paused"  # no new send starts; resume continues
+    CANCELED = "canceled"  # every unsent message canceled
+
+
+class MessageState(enum.StrEnum):
+    PENDING = "pending"  # waiting for a chunk task to claim it
+    SENDING = "sending"  # claimed by a worker; the Twilio request may be in flight
+    ACCEPTED = "accepted"  # Twilio answered 201 and gave a SID
+    FAILED = "failed"  # Twilio refused it permanently (error code and message recorded)
+    UNKNOWN = "unknown"  # the request left but no answer came (timeout, 5xx): reconciled before any resend
+    # After a status callback (issue 3): the carrier's verdict on the current attempt.
+    SENT = "sent"  # handed to the carrier, no final receipt yet
+    DELIVERED = "delivered"
+    UNDELIVERED = "undelivered"
+    RETRY_SCHEDULED = "retry_scheduled"  # 30003/30008-style failure: a new attempt is due at retry_due_at
+    SKIPPED = "skipped"  # never sent, with skip_reason (the number opted out, ...)
+    CANCELED = "canceled"  # the broadcast was canceled before this message was sent
+
+
+# A message in one of these still owes the broadcast a Twilio outcome.
+UNFINISHED_MESSAGE_STATES = (MessageState.PENDING, MessageState.SENDING, MessageState.UNKNOWN)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, Identity(), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    # The first characters of the key, stored in clear so a presented key is found with one indexed lookup;
+    # the secret part is only ever stored as a SHA-256 digest.
+    prefix: Mapped[str] = mapped_column(String(16), unique=True)
+    secret_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Signs the completion callback POSTed to a broadcast's callback_url (HMAC-SHA256); the client keeps a copy.
+    signing_secret: Mapped[str | None] = mapped_column(String(64))
+
+
+class Broadcast(Base):
+    __tablename__ = "broadcasts"
+
+    id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+    api_key_id: Mapped[int] = mapped_column(ForeignKey("api_keys.id"))
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(20), default=BroadcastStatus.QUEUED)
+    encoding: Mapped[str] = mapped_column(String(10))
+    characters: Mapped[int] = mapped_column(Integer)
+    segments: Mapped[int] = mapped_column(Integer)
+    recipients_received: Mapped[int] = mapped_column(Integer)
+    recipients_accepted: Mapped[int] = mapped_column(Integer)
+    recipients_duplicates: Mapped[int] = mapped_column(Integer)
+    recipients_invalid: Mapped[int] = mapped_column(Integer)
+    invalid_sample: Mapped[list[dict[str, Any]]] = mapped_column(JSONB, default=list)
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    chunk_count: Mapped[int] = mapped_column(Integer)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_fingerprint: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # Set once every chunk task has been handed to the broker; NULL after a crash in between (the sweeper looks).
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    first_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_url: Mapped[str | None] = mapped_column(Text)
+    last_receipt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    media_urls: Mapped[list[str] | None] = mapped_column(JSONB)
+    validity_period: Mapped[int | None] = mapped_column(Integer)
+    smart_encoded: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    is_template: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    send_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    quiet_hours_start: Mapped[str | None] = mapped_column(String(5))  # "21:00", recipient's local time
+    quiet_hours_end: Mapped[str | None] = mapped_column(String(5))
+    max_segments: Mapped[int | None] = mapped_column(Integer)
+    max_cost: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    estimated_cost: Mapped[Decimal | None] = mapped_column(Numeric(14, 4))
+    segments_total: Mapped[int | None] = mapped_column(BigInteger)
+    segments_min: Mapped[int | None] = mapped_column(Integer)
+    segments_max: Mapped[int | None] = mapped_column(Integer)
+    recipients_opted_out: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    recipients_deferred: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_broadcasts_created_at_id", "created_at", "id"),
+        Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
+        Index("ix_broadcasts_scheduled", "send_at", postgresql_where=text("status = 'scheduled'")),
+        Index(
+            "uq_broadcasts_api_key_idempotency_key",
+            "api_key_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+        ),
+        Index("ix_broadcasts_not_enqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),
+    )
+
+
+class Message(Base):
+    """One recipient of one broadcast, and what happened to its send."""
+
+    __tablename__ = "messages"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    # No foreign key on purpose: intake writes a broadcast and its recipients in one transaction and nothing
+    # deletes broadcasts, while a per-row key check costs a quarter of the COPY of a 1,000,000-recipient list.
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
+    chunk_number: Mapped[int] = mapped_column(Integer)
+    to_number: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(20), default=MessageState.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    twilio_sid: Mapped[str | None] = mapped_column(String(34))
+    twilio_status: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    claimed_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    retry_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    final_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_receipt_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    variables: Mapped[dict[str, str] | None] = mapped_column(JSONB)  # template values; rendered at send time
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # quiet hours deferral
+    skip_reason: Mapped[str | None] = mapped_column(String(40))
+
+    __table_args__ = (
+        Index(
+            "ix_messages_deferred",
+            "not_before",
+            postgresql_where=text("state = 'pending' AND not_before IS NOT NULL"),
+        ),
+        Index("ix_messages_retry_due", "retry_due_at", postgresql_where=text("retry_due_at IS NOT NULL")),
+        # One index for three jobs: progress counts (index-only scan per state), a chunk task's claim of its
+        # pending rows (broadcast, 'pending', chunk), and state-filtered paging (ids grow with chunk numbers).
+        # A separate partial index for the claim would cost another ~1.5 s on a 1,000,000-recipient intake.
+        Index("ix_messages_broadcast_state_chunk_id", "broadcast_id", "state", "chunk_number", "id"),
+        # Unfiltered paging of one broadcast's messages.
+        Index("ix_messages_broadcast_id_id", "broadcast_id", "id"),
+        # Claims whose lease ran out (a worker died mid-send) and ambiguous sends, for the reconciler.
+        Index(
+            "ix_messages_needs_reconciliation",
+            "claimed_until",
+            postgresql_where=text("state IN ('sending', 'unknown')"),
+        ),
+        Index("uq_messages_twilio_sid", "twilio_sid", unique=True, postgresql_where=text("twilio_sid IS NOT NULL")),
+    )
+
+
+class MessageAttempt(Base):
+    """An earlier attempt of a message that was retried: its SID keeps receiving late callbacks here."""
+
+    __tablename__ = "message_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    message_id: Mapped[int] = mapped_column(BigInteger)
+    attempt_number: Mapped[int] = mapped_column(Integer)
+    twilio_sid: Mapped[str | None] = mapped_column(String(34))
+    twilio_status: Mapped[str | None] = mapped_column(String(20))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    final_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    archived_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+    __table_args__ = (
+        UniqueConstraint("message_id", "attempt_number", name="uq_message_attempts_message_attempt"),
+        Index(
+            "uq_message_attempts_twilio_sid", "twilio_sid", unique=True, postgresql_where=text("twilio_sid IS NOT NULL")
+        ),
+    )
+
+
+class StatusEvent(Base):
+    """Every status callback Twilio sent us, kept as received (append-only); applied_at NULL = not matched yet."""
+
+    __tablename__ = "status_events"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    message_sid: Mapped[str] = mapped_column(String(34))
+    message_status: Mapped[str] = mapped_column(String(32))
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    message_id: Mapped[int | None] = mapped_column(BigInteger)  # from our callback URL's query string
+    attempt: Mapped[int | None] = mapped_column(Integer)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    __table_args__ = (
+        Index("ix_status_events_message_sid", "message_sid"),
+        Index("ix_status_events_unapplied", "id", postgresql_where=text("applied_at IS NULL")),
+    )
+
+
+class OptedOutNumber(Base):
+    """A number that must not be sent to (21610 from Twilio, or later a STOP reply)."""
+
+    __tablename__ = "opted_out_numbers"
+
+    phone_number: Mapped[str] = mapped_column(String(16), primary_key=True)
+    source: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

@@ -1,0 +1,280 @@
+"""Completing broadcasts, and the signed completion callback to the client's `callback_url`.
+
+Beat runs `complete_broadcasts` over the unfinished broadcasts (partial index ix_broadcasts_unfinished): one is
+`completed` when every message is final (delivered, undelivered, failed), or when nothing is left to send and no
+receipt came for COMPLETION_IDLE_SECONDS after it was submitted (the rest stay "sent, no receipt"). Each check is
+a few EXISTS probes of the (broadcast_id, state, ...) index. Completion happens once (guarded by
+`completed_at IS NULL`), and only then is `sms.notify_completion` enqueued, which POSTs the summary signed with
+the API key's signing secret (`X-Bulksms-Signature`, docs/api.md) and retries with backoff.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import requests
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.broadcasts.progress import AWAITING_RECEIPT_STATES, broadcast_progress
+from shared.platform.db import session_scope
+from shared.platform.models import BroadcastStatus, MessageState
+from shared.platform.urls import split_url
+
+logger = logging.getLogger(__name__)
+
+# Work is still to be done for these: a send, a reconciliation, or a delivery retry.
+WORK_LEFT_STATES = (MessageState.PENDING, MessageState.SENDING, MessageState.UNKNOWN, MessageState.RETRY_SCHEDULED)
+COMPLETION_BATCH_SIZE = 1_000
+
+SIGNATURE_HEADER = "X-Bulksms-Signature"
+SIGNATURE_TOLERANCE_SECONDS = 300
+CALLBACK_TIMEOUT_SECONDS = 10.0
+# Waits before the 2nd, 3rd, ... POST of a completion callback; after the last one the callback is given up.
+# All are far shorter than the broker's visibility timeout (shared.platform.task_queue).
+CALLBACK_RETRY_DELAYS_SECONDS = (10, 30, 60, 300, 900, 1800)
+CALLBACK_MAX_ATTEMPTS = len(CALLBACK_RETRY_DELAYS_SECONDS) + 1
+
+
+MAX_CALLBACK_URL_LENGTH = 2_000
+# Plain http is accepted only to these hosts, for development; anything else must be https.
+LOCAL_DEVELOPMENT_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def callback_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a callback_url, or None when it can (pure: no DNS lookup, no request)."""
+    parts = split_url(url, MAX_CALLBACK_URL_LENGTH)
+    if isinstance(parts, str):
+        return parts
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in LOCAL_DEVELOPMENT_HOSTS:
+        return None
+    return "Must be an https:// URL (http:// only to localhost or 127.0.0.1, for development)."
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedBroadcast:
+    id: uuid.UUID
+    callback_url: str | None
+
+
+def complete_broadcasts(
+    session: Session, idle_seconds: float, limit: int = COMPLETION_BATCH_SIZE
+) -> list[CompletedBroadcast]:
+    """Mark `completed` every unfinished broadcast that is done (caller commits, then notifies)."""
+    rows = session.execute(
+        text(
+            # A canceled broadcast keeps its status (canceled and skipped messages count as final); a scheduled
+            # or paused one is never completed.
+            "UPDATE broadcasts AS b SET status = CASE WHEN b.status = :canceled THEN b.status ELSE :completed END, "
+            "completed_at = now() "
+            "WHERE b.id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL ORDER BY created_at LIMIT :limit "
+            # A broadcast row being recorded is skipped this time, never waited for.
+            "               FOR UPDATE SKIP LOCKED) "
+            "AND b.completed_at IS NULL AND b.status NOT IN (:scheduled, :paused) "
+            "AND NOT EXISTS (SELECT 1 FROM messages m "
+            "                WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:work_left AS text[]))) "
+            "AND (NOT EXISTS (SELECT 1 FROM messages m "
+            "                 WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:awaiting AS text[]))) "
+            "     OR (b.submitted_at IS NOT NULL AND greatest(b.submitted_at, b.last_send_at, b.last_receipt_at) "
+            "         < now() - make_interval(secs => :idle))) "
+            "RETURNING b.id, b.callback_url"
+        ),
+        {
+            "completed": BroadcastStatus.COMPLETED,
+            "canceled": BroadcastStatus.CANCELED,
+            "scheduled": BroadcastStatus.SCHEDULED,
+            "paused": BroadcastStatus.PAUSED,
+            "limit": limit,
+            "work_left": [state.value for state in WORK_LEFT_STATES],
+            "awaiting": [state.value for state in AWAITING_RECEIPT_STATES],
+            "idle": float(idle_seconds),
+        },
+    ).all()
+    return [CompletedBroadcast(row.id, row.callback_url) for row in rows]
+
+
+# A completed broadcast whose callback was never tried this long after completion lost its task (Redis failed
+# between the commit and the publish): it is enqueued again.
+FORGOTTEN_CALLBACK_AFTER_SECONDS = 600
+FORGOTTEN_CALLBACK_WINDOW_SECONDS = 24 * 3600
+
+
+def forgotten_completion_callbacks(session: Session) -> list[uuid.UUID]:
+    """Completed broadcasts with a callback_url never attempted, 10 min to a day after completion."""
+    rows = session.execute(
+        text(
+            "SELECT id FROM broadcasts WHERE callback_url IS NOT NULL AND callback_sent_at IS NULL "
+            "AND callback_attempts = 0 AND completed_at < now() - make_interval(secs => :after) "
+            "AND completed_at > now() - make_interval(secs => :window) ORDER BY completed_at LIMIT 100"
+        ),
+        {"after": FORGOTTEN_CALLBACK_AFTER_SECONDS, "window": FORGOTTEN_CALLBACK_WINDOW_SECONDS},
+    ).scalars()
+    return list(rows)
+
+
+def _timestamp(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, Any] | None:
+    """The JSON document POSTed to `callback_url`: the broadcast's final counts, rates, error codes and timing."""
+    broadcast = session.execute(
+        text(
+            "SELECT id, status, recipients_accepted, created_at, first_send_at, last_send_at, last_receipt_at, "
+            "submitted_at, completed_at FROM broadcasts WHERE id = :id"
+        ),
+        {"id": broadcast_id},
+    ).one_or_none()
+    if broadcast is None:
+        return None
+    progress = broadcast_progress(session, broadcast_id)
+    return {
+        "event": "broadcast.completed",
+        "broadcast": {
+            "id": str(broadcast.id),
+            "status": broadcast.status,
+            "completion": completion_reason(broadcast.status, progress.awaiting_receipt),
+            "messages": {"total": progress.total, **progress.counts},
+            "progress": progress.summary(),
+            "sent_no_receipt": progress.awaiting_receipt,
+            "error_codes": progress.error_code_list(),
+            "created_at": _timestamp(broadcast.created_at),
+            "first_send_at": _timestamp(broadcast.first_send_at),
+            "last_send_at": _timestamp(broadcast.last_send_at),
+            "last_receipt_at": _timestamp(broadcast.last_receipt_at),
+            "submitted_at": _timestamp(broadcast.submitted_at),
+            "completed_at": _timestamp(broadcast.completed_at),
+        },
+    }
+
+
+def completion_reason(status: str, awaiting_receipt: int) -> str | None:
+    """`all_final`, `no_receipt_timeout` (some messages never got a receipt), or None while not completed."""
+    if status != BroadcastStatus.COMPLETED:
+        return None
+    return "no_receipt_timeout" if awaiting_receipt else "all_final"
+
+
+# ------------------------------------------------------------------------------------------- the signature
+
+
+def sign_callback(signing_secret: str, body: bytes, timestamp: int) -> str:
+    """`t=<unix time>,v1=<hex HMAC-SHA256 of "<t>.<body>">`, the value of X-Bulksms-Signature."""
+    digest = hmac.new(signing_secret.encode("utf-8"), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"t={timestamp},v1={digest}"
+
+
+def verify_callback_signature(
+    signing_secret: str,
+    body: bytes,
+    header: str | None,
+    *,
+    tolerance_seconds: float = SIGNATURE_TOLERANCE_SECONDS,
+    now: float | None = None,
+) -> bool:
+    """True when `header` signs `body` with `signing_secret` and its time is within the tolerance of `now`."""
+    if not header:
+        return False
+    timestamp: int | None = None
+    candidates: list[str] = []
+    for part in header.split(","):
+        name, _, value = part.strip().partition("=")
+        if name == "t" and value.isdigit():
+            timestamp = int(value)
+        elif name == "v1":
+            candidates.append(value)
+    if timestamp is None or not candidates:
+        return False
+    if abs((time.time() if now is None else now) - timestamp) > tolerance_seconds:
+        return False
+    expected = sign_callback(signing_secret, body, timestamp).split("v1=", 1)[1]
+    return any(hmac.compare_digest(expected, candidate) for candidate in candidates)
+
+
+# -------------------------------------------------------------------------------------- the callback POST
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackAttempt:
+    outcome: str  # "sent", "failed" (try again), "given_up", "nothing_to_do"
+    attempt: int = 0
+    detail: str = ""
+
+    @property
+    def should_retry(self) -> bool:
+        return self.outcome == "failed"
+
+
+def deliver_completion_callback(
+    session_factory: sessionmaker[Session],
+    broadcast_id: uuid.UUID,
+    *,
+    max_attempts: int = CALLBACK_MAX_ATTEMPTS,
+    timeout_seconds: float = CALLBACK_TIMEOUT_SECONDS,
+    http: requests.Session | None = None,
+) -> CallbackAttempt:
+    """POST the signed summary to the broadcast's callback_url once; record the attempt and, on a 2xx, success."""
+    with session_scope(session_factory) as session:
+        row = session.execute(
+            text(
+                "SELECT b.callback_url, b.callback_sent_at, b.completed_at, b.callback_attempts, k.signing_secret "
+                "FROM broadcasts b JOIN api_keys k ON k.id = b.api_key_id WHERE b.id = :id FOR UPDATE OF b"
+            ),
+            {"id": broadcast_id},
+        ).one_or_none()
+        if row is None or row.callback_url is None or row.completed_at is None or row.callback_sent_at is not None:
+            return CallbackAttempt("nothing_to_do")
+        if row.callback_attempts >= max_attempts:
+            return CallbackAttempt("given_up", row.callback_attempts, "no attempts left")
+        if not row.signing_secret:
+            # The API refuses a callback_url for such keys; a key edited by hand afterwards ends here.
+            logger.error("broadcast %s: its API key has no signing secret; completion callback dropped", broadcast_id)
+            return CallbackAttempt("given_up", row.callback_attempts, "API key without signing secret")
+        attempt = row.callback_attempts + 1
+        session.execute(
+            text("UPDATE broadcasts SET callback_attempts = :attempt WHERE id = :id"),
+            {"attempt": attempt, "id": broadcast_id},
+        )
+        summary = completion_summary(session, broadcast_id)
+    assert summary is not None
+    body = json.dumps(summary, separators=(",", ":")).encode("utf-8")
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "bulksms-completion-callback",
+        SIGNATURE_HEADER: sign_callback(row.signing_secret, body, int(time.time())),
+    }
+    poster = http or requests
+    try:
+        response = poster.post(
+            row.callback_url, data=body, headers=headers, timeout=timeout_seconds, allow_redirects=False
+        )
+        ok, detail = 200 <= response.status_code < 300, f"HTTP {response.status_code}"
+    except requests.RequestException as error:
+        ok, detail = False, type(error).__name__
+    if ok:
+        with session_scope(session_factory) as session:
+            session.execute(text("UPDATE broadcasts SET callback_sent_at = now() WHERE id = :id"), {"id": broadcast_id})
+        logger.info("broadcast %s: completion callback delivered (attempt %d)", broadcast_id, attempt)
+        return CallbackAttempt("sent", attempt, detail)
+    if attempt >= max_attempts:
+        logger.error(
+            "broadcast %s: completion callback failed %d times (last: %s); giving up", broadcast_id, attempt, detail
+        )
+        return CallbackAttempt("given_up", attempt, detail)
+    logger.warning("broadcast %s: completion callback attempt %d failed (%s)", broadcast_id, attempt, detail)
+    return CallbackAttempt("failed", attempt, detail)
+
+
+def callback_retry_delay(attempt: int) -> float:
+    """Seconds to wait after failed attempt number `attempt` (1-based)."""
+    return float(CALLBACK_RETRY_DELAYS_SECONDS[min(attempt, len(CALLBACK_RETRY_DELAYS_SECONDS)) - 1])

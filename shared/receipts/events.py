@@ -1,0 +1,680 @@
+"""Applying Twilio status callbacks to PostgreSQL: keep every event, move each message's status only forward.
+
+The webhook queues raw callbacks in a Redis Stream (shared.receipts.status_queue); `drain_status_stream` reads them in
+batches, `apply_status_events` stores each batch in `status_events` and applies it in one transaction, and only
+then are the stream entries acknowledged. Matching: the SID first (current attempt in `messages`, older ones in
+`message_attempts`), then the message id + attempt from our callback URL (a SID the worker never recorded);
+an event that matches nothing stays with `applied_at` NULL and is retried by `apply_unapplied_events`.
+docs/receipts.md: the ordering rules, delivery retries and the exactly-once argument.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import re
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.platform.db import session_scope
+from shared.platform.metrics import record_applied_callbacks
+from shared.platform.models import UNFINISHED_MESSAGE_STATES, MessageState
+from shared.platform.settings import Settings
+from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
+from shared.receipts.status_queue import (
+    ConsumerSlot,
+    QueuedCallback,
+    StatusStreamConsumer,
+    claim_periodic_pass,
+    ensure_consumer_group,
+)
+from shared.sending.chunks import mark_broadcast_submitted_if_finished
+
+logger = logging.getLogger(__name__)
+
+OPTED_OUT_ERROR_CODE = 21610
+OPT_OUT_SOURCE = "callback_21610"
+RETRY_JITTER = 0.2  # ± 20 % on every delivery retry delay
+# Consumers draining the stream at once (each holds one slot); more gain little, as batches of one broadcast
+# take turns on its row lock.
+STATUS_CONSUMER_SLOTS = 2
+STATUS_CONSUMER_LOCK_SECONDS = 15.0  # a killed consumer's slot (and its unacknowledged batch) frees after this
+STATUS_DRAIN_SECONDS = 5.0  # one task drains for at most this long, then returns its worker process
+UNAPPLIED_PASS_INTERVAL_SECONDS = 5.0
+UNAPPLIED_RETRY_WINDOW = timedelta(hours=24)  # older unmatched events are left for a human to look at
+
+_MAX_INT32 = 2**31 - 1
+_MAX_INT64 = 2**63 - 1
+_E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+_UNFINISHED = frozenset(str(state) for state in UNFINISHED_MESSAGE_STATES)
+
+
+# ---------------------------------------------------------------------------------------------------- pure parts
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedEvent:
+    """A queued callback, parsed and bounded to the columns of `status_events`."""
+
+    message_sid: str
+    status: str
+    error_code: int | None
+    message_id: int | None
+    attempt: int | None
+    parameters: dict[str, Any]
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    retry_codes: frozenset[int]
+    max_attempts: int
+    base_seconds: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(
+            settings.delivery_retry_codes, settings.delivery_retry_max_attempts, settings.delivery_retry_base_seconds
+        )
+
+
+def _bounded_int(value: Any, maximum: int) -> int | None:
+    try:
+        number = int(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return number if 0 <= number <= maximum else None
+
+
+def _first(value: Any) -> str:
+    if isinstance(value, list):
+        return str(value[0]) if value else ""
+    return "" if value is None else str(value)
+
+
+def parse_callback(callback: QueuedCallback) -> ReceivedEvent | None:
+    """The event a queued callback describes; None when it lacks a SID or status (the webhook refuses those)."""
+    sid = _first(callback.parameters.get("MessageSid")).strip()
+    status = _first(callback.parameters.get("MessageStatus")).strip().lower()
+    if not sid or not status:
+        return None
+    error_code = callback.parameters.get("ErrorCode")
+    return ReceivedEvent(
+        message_sid=sid[:34],
+        status=status[:32],
+        error_code=_bounded_int(_first(error_code), _MAX_INT32) if error_code not in (None, "") else None,
+        message_id=_bounded_int(callback.message_id, _MAX_INT64),
+        attempt=_bounded_int(callback.attempt, _MAX_INT32),
+        parameters=callback.parameters,
+        received_at=datetime.fromtimestamp(callback.received_at, UTC),
+    )
+
+
+def message_state_for(status: str) -> MessageState:
+    """Our message state after Twilio reports `status` (before any delivery retry decision)."""
+    if status in ("accepted", "scheduled"):
+        return MessageState.ACCEPTED
+    if status in ("delivered", "read"):
+        return MessageState.DELIVERED
+    if status == "undelivered":
+        return MessageState.UNDELIVERED
+    if status in ("failed", "canceled"):
+        return MessageState.FAILED
+    return MessageState.SENT  # queued, sending, sent
+
+
+def retry_delay_seconds(attempts: int, base_seconds: float, jitter: float) -> float:
+    """Delay before attempt `attempts + 1`: base * 4^(attempts-1), scaled by (1 + jitter), jitter in ±0.2."""
+    return base_seconds * 4 ** max(attempts - 1, 0) * (1.0 + jitter)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    id: int
+    broadcast_id: uuid.UUID
+    to_number: str
+    state: str
+    attempts: int
+    twilio_sid: str | None
+    twilio_status: str | None
+    error_code: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageUpdate:
+    id: int
+    state: str
+    twilio_sid: str
+    twilio_status: str
+    error_code: int | None
+    error_message: str | None
+    retry_due_at: datetime | None
+    final_at: datetime | None
+    last_receipt_at: datetime
+
+
+def decide_message_update(
+    row: MessageRow,
+    report: StatusReport,
+    received_at: datetime,
+    now: datetime,
+    policy: RetryPolicy,
+    jitter: Callable[[], float] = lambda: random.uniform(-RETRY_JITTER, RETRY_JITTER),
+) -> MessageUpdate | None:
+    """What the message becomes after `report` for its current attempt; None if nothing moves forward."""
+    if not advances(row.twilio_status, report.status):
+        return None
+    state = message_state_for(report.status)
+    final_at: datetime | None = None
+    retry_due_at: datetime | None = None
+    error_code = report.error_code if report.error_code is not None else row.error_code
+    error_message = None
+    if state in (MessageState.UNDELIVERED, MessageState.FAILED):
+        error_message = f"Twilio reported {report.status}" + (f" (error {error_code})" if error_code else "")
+        if error_code in policy.retry_codes and row.attempts < policy.max_attempts:
+            state = MessageState.RETRY_SCHEDULED
+            retry_due_at = now + timedelta(seconds=retry_delay_seconds(row.attempts, policy.base_seconds, jitter()))
+        else:
+            final_at = now
+    elif state == MessageState.DELIVERED:
+        final_at = now
+    return MessageUpdate(
+        id=row.id,
+        state=str(state),
+        twilio_sid=report.message_sid,
+        twilio_status=report.status,
+        error_code=error_code,
+        error_message=error_message,
+        retry_due_at=retry_due_at,
+        final_at=final_at,
+        last_receipt_at=received_at,
+    )
+
+
+def fold_events(events: Sequence[ReceivedEvent]) -> StatusReport | None:
+    """The most advanced report among one SID's events (see shared.receipts.delivery_status.fold_status_reports)."""
+    folded = fold_status_reports(StatusReport(e.message_sid, e.status, e.error_code) for e in events)
+    return next(iter(folded.values()), None)
+
+
+# --------------------------------------------------------------------------------------------- database parts
+
+
+@dataclass
+class ApplyReport:
+    stored: int = 0  # events written to status_events (replays of stored ones excluded)
+    applied: int = 0  # events matched to a message or an attempt (duplicates included: applied as no-ops)
+    unmatched: int = 0  # left with applied_at NULL for a later pass
+    messages_updated: int = 0
+    old_attempts_updated: int = 0
+    retries_scheduled: int = 0
+    opted_out: int = 0
+
+    def add(self, other: ApplyReport) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass(frozen=True, slots=True)
+class _StoredEvent:
+    id: int
+    message_sid: str
+    status: str
+    error_code: int | None
+    message_id: int | None
+    attempt: int | None
+    to_number: str | None
+    received_at: datetime
+
+
+def apply_status_events(
+    session: Session, callbacks: Sequence[QueuedCallback], settings: Settings, now: datetime | None = None
+) -> ApplyReport:
+    """Store one batch of queued callbacks and apply them; the caller commits (then acknowledges the batch)."""
+    events = [event for event in map(parse_callback, callbacks) if event is not None]
+    event_ids = store_events(session, events)
+    report = apply_stored_events(session, event_ids, RetryPolicy.from_settings(settings), now)
+    report.stored = len(event_ids)
+    return report
+
+
+def store_events(session: Session, events: Sequence[ReceivedEvent]) -> list[int]:
+    """Insert the events not stored yet; returns their ids.
+
+    A batch applied and committed whose acknowledgement to Redis was lost (crash, Redis blip) is read again:
+    its events are recognised by (SID, status, received_at), the receipt time the webhook stamped.
+    """
+    if not events:
+        return []
+    already = {
+        (row.message_sid, row.message_status, row.received_at)
+        for row in session.execute(
+            text(
+                "SELECT message_sid, message_status, received_at FROM status_events "
+                "WHERE message_sid = ANY(CAST(:sids AS text[])) AND received_at >= :oldest"
+            ),
+            {"sids": list({e.message_sid for e in events}), "oldest": min(e.received_at for e in events)},
+        )
+    }
+    fresh: list[ReceivedEvent] = []
+    for event in events:
+        key = (event.message_sid, event.status, event.received_at)
+        if key not in already:
+            already.add(key)
+            fresh.append(event)
+    if not fresh:
+        return []
+    rows = session.execute(
+        text(
+            "INSERT INTO status_events (received_at, message_sid, message_status, error_code, message_id, "
+            "attempt, parameters) "
+            "SELECT * FROM unnest(CAST(:received AS timestamptz[]), CAST(:sids AS text[]), "
+            "CAST(:statuses AS text[]), CAST(:codes AS integer[]), CAST(:message_ids AS bigint[]), "
+            "CAST(:attempts AS integer[]), CAST(:parameters AS jsonb[])) RETURNING id"
+        ),
+        {
+            "received": [e.received_at for e in fresh],
+            "sids": [e.message_sid for e in fresh],
+            "statuses": [e.status for e in fresh],
+            "codes": [e.error_code for e in fresh],
+            "message_ids": [e.message_id for e in fresh],
+            "attempts": [e.attempt for e in fresh],
+            "parameters": [json.dumps(e.parameters) for e in fresh],
+        },
+    ).scalars()
+    return list(rows)
+
+
+def apply_unapplied_events(
+    session: Session, settings: Settings, page_size: int = 1000, max_pages: int = 20
+) -> ApplyReport:
+    """Retry events that matched nothing when they arrived (their message may exist now), oldest first."""
+    report = ApplyReport()
+    policy = RetryPolicy.from_settings(settings)
+    after_id = 0
+    for _ in range(max_pages):
+        ids = list(
+            session.execute(
+                text(
+                    "SELECT id FROM status_events WHERE applied_at IS NULL AND id > :after "
+                    "AND received_at > now() - make_interval(secs => :window) ORDER BY id LIMIT :limit"
+                ),
+                {"after": after_id, "window": UNAPPLIED_RETRY_WINDOW.total_seconds(), "limit": page_size},
+            ).scalars()
+        )
+        if not ids:
+            break
+        report.add(apply_stored_events(session, ids, policy))
+        after_id = ids[-1]
+        if len(ids) < page_size:
+            break
+    return report
+
+
+def apply_stored_events(
+    session: Session, event_ids: Sequence[int], policy: RetryPolicy, now: datetime | None = None
+) -> ApplyReport:
+    """Apply stored, unapplied events to their messages (current attempt) or archived attempts."""
+    report = ApplyReport()
+    if not event_ids:
+        return report
+    now = now or session.execute(text("SELECT now()")).scalar_one()
+    events = [
+        _StoredEvent(*row)
+        for row in session.execute(
+            text(
+                "SELECT id, message_sid, message_status, error_code, message_id, attempt, parameters->>'To', "
+                "received_at FROM status_events WHERE id = ANY(CAST(:ids AS bigint[])) AND applied_at IS NULL "
+                "ORDER BY id FOR UPDATE SKIP LOCKED"
+            ),
+            {"ids": list(event_ids)},
+        )
+    ]
+    if not events:
+        return report
+    sids = list({event.message_sid for event in events})
+    message_by_sid: dict[str, int] = dict(
+        session.execute(
+            text("SELECT twilio_sid, id FROM messages WHERE twilio_sid = ANY(CAST(:sids AS text[]))"), {"sids": sids}
+        ).all()
+    )
+    attempt_by_sid: dict[str, tuple[int, int]] = {
+        row.twilio_sid: (row.message_id, row.attempt_number)
+        for row in session.execute(
+            text(
+                "SELECT twilio_sid, message_id, attempt_number FROM message_attempts "
+                "WHERE twilio_sid = ANY(CAST(:sids AS text[]))"
+            ),
+            {"sids": sids},
+        )
+    }
+    by_url = [e for e in events if e.message_sid not in message_by_sid and e.message_sid not in attempt_by_sid]
+    url_messages = _load_messages(session, [e.message_id for e in by_url if e.message_id is not None], lock=False)
+
+    current: dict[int, list[_StoredEvent]] = defaultdict(list)  # message id -> events of its current attempt
+    old: dict[tuple[int, int], list[_StoredEvent]] = defaultdict(list)  # (message id, attempt) -> events
+    ignored: list[_StoredEvent] = []  # matched, but carries nothing to apply: stored, marked applied
+    unmatched: list[_StoredEvent] = []
+    for event in events:
+        if event.message_sid in message_by_sid:
+            current[message_by_sid[event.message_sid]].append(event)
+        elif event.message_sid in attempt_by_sid:
+            old[attempt_by_sid[event.message_sid]].append(event)
+        elif event.message_id in url_messages and event.attempt is not None:
+            message = url_messages[event.message_id]
+            if event.attempt < message.attempts:
+                old[(message.id, event.attempt)].append(event)
+            elif event.attempt > message.attempts:
+                unmatched.append(event)  # that attempt has not been claimed yet here: wait for it
+            elif message.twilio_sid in (None, event.message_sid):
+                current[message.id].append(event)
+            else:
+                logger.warning(
+                    "callback for %s names message %s attempt %s, which has SID %s: kept, not applied to it",
+                    event.message_sid,
+                    message.id,
+                    event.attempt,
+                    message.twilio_sid,
+                )
+                ignored.append(event)
+        else:
+            unmatched.append(event)
+
+    # Lock order shared with the senders and the sweeper: broadcast rows first (sorted), then message rows.
+    involved = set(current) | {message_id for message_id, _ in old}
+    broadcast_of = _broadcast_ids(session, involved)
+    broadcast_ids = sorted(set(broadcast_of.values()))
+    if broadcast_ids:
+        session.execute(
+            text("SELECT id FROM broadcasts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"),
+            {"ids": [str(b) for b in broadcast_ids]},
+        )
+    locked = _load_messages(session, list(current), lock=True)
+
+    updates: list[MessageUpdate] = []
+    applied: list[_StoredEvent] = list(ignored)
+    left_unfinished: set[uuid.UUID] = set()
+    for message_id, message_events in current.items():
+        row = locked.get(message_id)
+        sid = message_events[0].message_sid
+        # Re-checked under the lock: the message may have been retried or given this SID meanwhile.
+        if (
+            row is None
+            or row.twilio_sid not in (None, sid)
+            or (row.twilio_sid is None and any(e.attempt != row.attempts for e in message_events))
+        ):
+            unmatched.extend(message_events)
+            continue
+        applied.extend(message_events)
+        folded = fold_events([_as_received(e) for e in message_events])
+        if folded is None:
+            continue
+        received_at = max(e.received_at for e in message_events)
+        update = decide_message_update(row, folded, received_at, now, policy)
+        if update is None and row.twilio_sid is None:
+            # Nothing newer than what we know, but the SID is new to us: record it (and leave sending/unknown).
+            update = MessageUpdate(
+                row.id,
+                MessageState.ACCEPTED if row.state in _UNFINISHED else row.state,
+                sid,
+                row.twilio_status or folded.status,
+                row.error_code,
+                None,
+                None,
+                None,
+                received_at,
+            )
+        if update is not None:
+            updates.append(update)
+            report.retries_scheduled += update.state == MessageState.RETRY_SCHEDULED
+            if row.state in _UNFINISHED:
+                left_unfinished.add(row.broadcast_id)
+    report.messages_updated = _write_message_updates(session, updates)
+
+    for (message_id, attempt_number), attempt_events in old.items():
+        applied.extend(attempt_events)
+        report.old_attempts_updated += _apply_to_old_attempt(session, message_id, attempt_number, attempt_events)
+
+    report.opted_out = _record_opt_outs(session, applied, {**url_messages, **locked})
+    receipts: dict[uuid.UUID, datetime] = {}
+    for event in applied:
+        broadcast_id = broadcast_of.get(_target_message_id(event, message_by_sid, attempt_by_sid, url_messages))
+        if broadcast_id is not None:
+            receipts[broadcast_id] = max(receipts.get(broadcast_id, event.received_at), event.received_at)
+    if receipts:
+        session.execute(
+            text(
+                "UPDATE broadcasts AS b SET last_receipt_at = greatest(b.last_receipt_at, v.received_at) "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:received AS timestamptz[])) AS v(id, received_at) "
+                "WHERE b.id = v.id"
+            ),
+            {"ids": [str(b) for b in receipts], "received": list(receipts.values())},
+        )
+    for broadcast_id in sorted(left_unfinished):
+        mark_broadcast_submitted_if_finished(session, broadcast_id)
+    if applied:
+        session.execute(
+            text("UPDATE status_events SET applied_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"now": now, "ids": [e.id for e in applied]},
+        )
+    report.applied = len(applied)
+    report.unmatched = len(unmatched)
+    return report
+
+
+def _as_received(event: _StoredEvent) -> ReceivedEvent:
+    return ReceivedEvent(
+        event.message_sid, event.status, event.error_code, event.message_id, event.attempt, {}, event.received_at
+    )
+
+
+def _target_message_id(
+    event: _StoredEvent,
+    message_by_sid: dict[str, int],
+    attempt_by_sid: dict[str, tuple[int, int]],
+    url_messages: dict[int, MessageRow],
+) -> int | None:
+    if event.message_sid in message_by_sid:
+        return message_by_sid[event.message_sid]
+    if event.message_sid in attempt_by_sid:
+        return attempt_by_sid[event.message_sid][0]
+    return event.message_id
+
+
+def _load_messages(session: Session, message_ids: Sequence[int], *, lock: bool) -> dict[int, MessageRow]:
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        text(
+            "SELECT id, broadcast_id, to_number, state, attempts, twilio_sid, twilio_status, error_code "
+            "FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id" + (" FOR UPDATE" if lock else "")
+        ),
+        {"ids": list(set(message_ids))},
+    )
+    return {row.id: MessageRow(*row) for row in rows}
+
+
+def _broadcast_ids(session: Session, message_ids: set[int]) -> dict[int | None, uuid.UUID]:
+    if not message_ids:
+        return {}
+    rows = session.execute(
+        text("SELECT id, broadcast_id FROM messages WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": list(message_ids)},
+    )
+    return {row.id: row.broadcast_id for row in rows}
+
+
+def _write_message_updates(session: Session, updates: Sequence[MessageUpdate]) -> int:
+    if not updates:
+        return 0
+    columns: dict[str, list[Any]] = defaultdict(list)
+    for update in updates:
+        for name in MessageUpdate.__slots__:
+            columns[name].append(getattr(update, name))
+    result = session.execute(
+        text(
+            "UPDATE messages AS m SET state = v.state, twilio_sid = v.twilio_sid, twilio_status = v.twilio_status, "
+            "error_code = v.error_code, error_message = coalesce(v.error_message, m.error_message), "
+            "retry_due_at = v.retry_due_at, final_at = coalesce(m.final_at, v.final_at), "
+            "last_receipt_at = greatest(m.last_receipt_at, v.last_receipt_at), "
+            "sent_at = coalesce(m.sent_at, v.last_receipt_at), updated_at = now() "
+            "FROM unnest(CAST(:id AS bigint[]), CAST(:state AS text[]), CAST(:twilio_sid AS text[]), "
+            "CAST(:twilio_status AS text[]), CAST(:error_code AS integer[]), CAST(:error_message AS text[]), "
+            "CAST(:retry_due_at AS timestamptz[]), CAST(:final_at AS timestamptz[]), "
+            "CAST(:last_receipt_at AS timestamptz[])) "
+            "AS v(id, state, twilio_sid, twilio_status, error_code, error_message, retry_due_at, final_at, "
+            "last_receipt_at) WHERE m.id = v.id"
+        ),
+        dict(columns),
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def _apply_to_old_attempt(
+    session: Session, message_id: int, attempt_number: int, events: Sequence[_StoredEvent]
+) -> int:
+    """A late callback for an attempt that was retried: recorded on its `message_attempts` row, never on the
+    message (a new attempt owns it now)."""
+    folded = fold_events([_as_received(e) for e in events])
+    if folded is None:
+        return 0
+    session.execute(
+        text(
+            "INSERT INTO message_attempts (message_id, attempt_number, twilio_sid) VALUES (:id, :attempt, :sid) "
+            "ON CONFLICT DO NOTHING"
+        ),
+        {"id": message_id, "attempt": attempt_number, "sid": folded.message_sid},
+    )
+    row = session.execute(
+        text(
+            "SELECT twilio_sid, twilio_status FROM message_attempts "
+            "WHERE message_id = :id AND attempt_number = :attempt FOR UPDATE"
+        ),
+        {"id": message_id, "attempt": attempt_number},
+    ).one_or_none()
+    if row is None or row.twilio_sid not in (None, folded.message_sid):
+        return 0
+    if not advances(row.twilio_status, folded.status):
+        if row.twilio_sid is None:
+            session.execute(
+                text("UPDATE message_attempts SET twilio_sid = :sid WHERE message_id = :id AND attempt_number = :a"),
+                {"sid": folded.message_sid, "id": message_id, "a": attempt_number},
+            )
+        return 0
+    final = folded.status in STATUS_RANK and STATUS_RANK[folded.status] >= STATUS_RANK["delivered"]
+    session.execute(
+        text(
+            "UPDATE message_attempts SET twilio_sid = :sid, twilio_status = :status, "
+            "error_code = coalesce(:code, error_code), final_at = CASE WHEN :final THEN coalesce(final_at, now()) "
+            "ELSE final_at END WHERE message_id = :id AND attempt_number = :a"
+        ),
+        {
+            "sid": folded.message_sid,
+            "status": folded.status,
+            "code": folded.error_code,
+            "final": final,
+            "id": message_id,
+            "a": attempt_number,
+        },
+    )
+    return 1
+
+
+def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages: dict[int, MessageRow]) -> int:
+    numbers: set[str] = set()
+    for event in events:
+        if event.error_code != OPTED_OUT_ERROR_CODE:
+            continue
+        number = event.to_number if event.to_number and _E164.fullmatch(event.to_number) else None
+        if number is None and event.message_id in messages:
+            number = messages[event.message_id].to_number
+        if number:
+            numbers.add(number)
+    if not numbers:
+        return 0
+    result = session.execute(
+        text(
+            "INSERT INTO opted_out_numbers (phone_number, source, reason) "
+            "SELECT unnest(CAST(:numbers AS text[])), :source, :reason ON CONFLICT DO NOTHING"
+        ),
+        {"numbers": sorted(numbers), "source": OPT_OUT_SOURCE, "reason": "Twilio error 21610 in a status callback"},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# ------------------------------------------------------------------------------------------------ the consumer
+
+
+@dataclass
+class DrainReport:
+    batches: int = 0
+    callbacks: int = 0
+    slot: int | None = None  # None: every consumer slot was taken, nothing done
+    totals: ApplyReport = field(default_factory=ApplyReport)
+
+
+def read_batch(consumer: StatusStreamConsumer, size: int, seconds: float) -> list[QueuedCallback]:
+    """Up to `size` callbacks, waiting at most `seconds` to fill the batch once the first has arrived."""
+    deadline = time.monotonic() + seconds
+    batch = consumer.read_batch(size, seconds)
+    while batch and len(batch) < size:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        more = consumer.read_batch(size - len(batch), remaining)
+        if not more:
+            break
+        batch.extend(more)
+    return batch
+
+
+def drain_status_stream(
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    settings: Settings,
+    budget_seconds: float = STATUS_DRAIN_SECONDS,
+) -> DrainReport:
+    """Take a consumer slot and apply batches until the stream is idle or the budget is spent.
+
+    A batch is acknowledged only after its transaction committed; if PostgreSQL fails, the batch stays pending
+    under this slot's name and the next holder of the slot applies it again.
+    """
+    report = DrainReport()
+    ensure_consumer_group(redis_client)
+    if claim_periodic_pass(redis_client, UNAPPLIED_PASS_INTERVAL_SECONDS):
+        with session_scope(session_factory) as session:
+            report.totals.add(apply_unapplied_events(session, settings))
+    slot = ConsumerSlot.acquire(redis_client, STATUS_CONSUMER_SLOTS, STATUS_CONSUMER_LOCK_SECONDS)
+    if slot is None:
+        return report
+    report.slot = slot.slot
+    consumer = StatusStreamConsumer(redis_client, slot.consumer_name)
+    deadline = time.monotonic() + budget_seconds
+    try:
+        while time.monotonic() < deadline:
+            batch = read_batch(consumer, settings.status_batch_size, settings.status_batch_seconds)
+            if not batch:
+                break
+            with session_scope(session_factory) as session:
+                applied = apply_status_events(session, batch, settings)
+            consumer.acknowledge([callback.entry_id for callback in batch])
+            record_applied_callbacks(redis_client, [_first(c.parameters.get("MessageStatus")) for c in batch], applied)
+            report.batches += 1
+            report.callbacks += len(batch)
+            report.totals.add(applied)
+            if not slot.refresh():
+                logger.warning("status consumer slot %d was lost; stopping this drain", slot.slot)
+                break
+    finally:
+        slot.release()
+    return report

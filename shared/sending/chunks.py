@@ -1,0 +1,509 @@
+"""Sending one chunk of a broadcast: claim its pending recipients, send them concurrently, record outcomes.
+
+A chunk task claims only rows still `pending` (one UPDATE ... RETURNING), so a redelivered or duplicated task
+finds nothing to do; it holds no database connection while it talks to Twilio and records every outcome in one
+bulk UPDATE guarded by the claim (`state = 'sending' AND attempts = <the claim's attempt>`), so a late writer
+never overwrites what the sweeper decided. docs/sending.md: the state machine and the exactly-once argument.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeVar
+
+import redis.asyncio
+from sqlalchemy import Engine, text
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    retry_if_result,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_before_delay,
+    wait_exponential,
+    wait_random_exponential,
+)
+from tenacity.stop import stop_base
+
+from shared.broadcasts.control import HaltCallable, HaltCheck, cancel_leftovers_of_canceled, prepare_chunk_claim
+from shared.broadcasts.outgoing import OutgoingContent, load_outgoing_content
+from shared.platform.db import create_database_engine, create_session_factory, session_scope
+from shared.platform.metrics import (
+    TWILIO_RATE_LIMITED,
+    TWILIO_REQUEST_DURATION,
+    TWILIO_REQUESTS,
+    MetricsRecorder,
+    record_send_metrics,
+)
+from shared.platform.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
+from shared.platform.settings import Settings
+from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
+from shared.twilio.gateway import (
+    RATE_LIMITED_REASON,
+    Accepted,
+    Ambiguous,
+    Permanent,
+    Retryable,
+    SendOutcome,
+    TwilioGateway,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# A request is never started so late that it could still be in flight when its claim's lease runs out
+# (see `send_deadline`): this is the extra second of slack on top of the request timeout.
+LEASE_SAFETY_MARGIN_SECONDS = 1.0
+
+UNFINISHED_STATES = [str(state) for state in UNFINISHED_MESSAGE_STATES]
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    id: int
+    to_number: str
+    attempts: int  # after the claim: identifies this claim (and goes into the status callback URL)
+    variables: dict[str, str] | None = None  # a template broadcast's values for this recipient
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """Retries of Retryable outcomes only: exponential backoff with jitter, bounded in attempts and time."""
+
+    max_attempts: int
+    max_seconds: float
+    initial_wait_seconds: float = 0.5
+    max_wait_seconds: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(max_attempts=max(settings.send_retry_max_attempts, 1), max_seconds=settings.send_retry_max_seconds)
+
+
+@dataclass
+class ChunkResult:
+    claimed: int = 0
+    accepted: int = 0
+    failed: int = 0
+    unknown: int = 0
+    released: int = 0  # back to `pending` after the retry budget: the task must come back for them
+
+    @classmethod
+    def of(cls, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> ChunkResult:
+        counts = cls(claimed=len(results))
+        for _, outcome in results:
+            if isinstance(outcome, Accepted):
+                counts.accepted += 1
+            elif isinstance(outcome, Permanent):
+                counts.failed += 1
+            elif isinstance(outcome, Ambiguous):
+                counts.unknown += 1
+            else:
+                counts.released += 1
+        return counts
+
+
+@dataclass
+class SendingResources:
+    """What one worker process keeps for its lifetime: one event loop, Twilio client, Redis client, engine."""
+
+    settings: Settings
+    engine: Engine
+    session_factory: sessionmaker[Session]
+    loop: asyncio.AbstractEventLoop
+    redis: redis.asyncio.Redis
+    gateway: TwilioGateway
+    limiter: ConcurrencyLimiter
+    retry_policy: RetryPolicy = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.retry_policy = RetryPolicy.from_settings(self.settings)
+
+    @classmethod
+    def create(cls, settings: Settings) -> SendingResources:
+        settings.require("database_url", "redis_url", "twilio_account_sid")
+        assert settings.redis_url is not None and settings.twilio_account_sid is not None
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        gateway = loop.run_until_complete(TwilioGateway.open(settings))
+        redis_client = redis.asyncio.Redis.from_url(
+            settings.redis_url, socket_connect_timeout=5, socket_timeout=10, health_check_interval=30
+        )
+        limiter = ConcurrencyLimiter(
+            redis_client,
+            concurrency_key(settings.twilio_account_sid),
+            settings.twilio_max_concurrency,
+            settings.concurrency_lease_seconds,
+        )
+        engine = create_database_engine(settings, pool_size=2)
+        return cls(settings, engine, create_session_factory(engine), loop, redis_client, gateway, limiter)
+
+    def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return self.loop.run_until_complete(coroutine)
+
+    def close(self) -> None:
+        try:
+            self.run(self.gateway.close())
+            self.run(self.redis.aclose())
+        finally:
+            self.engine.dispose()
+            self.loop.close()
+
+
+# Twilio's connection overrides (the fragment is never sent, so it is not part of the signed URL): retry a
+# callback up to 5 times (the maximum) on any failure, so a 503 from our webhook (Redis down) is retried.
+STATUS_CALLBACK_OVERRIDES = "#rc=5&rp=all"
+
+
+def status_callback_url(public_base_url: str | None, message: ClaimedMessage) -> str | None:
+    if not public_base_url:
+        return None
+    base = public_base_url.rstrip("/")
+    query = f"message_id={message.id}&attempt={message.attempts}"
+    return f"{base}/webhooks/twilio/status?{query}{STATUS_CALLBACK_OVERRIDES}"
+
+
+def send_deadline(claimed_at: float, settings: Settings) -> float:
+    """The last `time.monotonic()` at which a request for a claim taken at `claimed_at` may start.
+
+    A request lasts at most the timeout, so every request ends before the lease does: once the lease has
+    expired, the sweeper knows nothing is still in flight for that claim.
+    """
+    return (
+        claimed_at
+        + settings.claim_lease_seconds
+        - settings.twilio_request_timeout_seconds
+        - LEASE_SAFETY_MARGIN_SECONDS
+    )
+
+
+def claim_pending_messages(
+    session: Session, broadcast_id: uuid.UUID, chunk_number: int, lease_seconds: float, now: datetime | None = None
+) -> list[ClaimedMessage]:
+    """Atomically move this chunk's `pending` rows to `sending` with a lease; two claims never share a row."""
+    # Opt-outs and quiet hours first (shared.broadcasts.control); nothing at all while scheduled/paused/canceled.
+    # `now` (default: the database's) is the quiet-hours clock; tests freeze it.
+    if not prepare_chunk_claim(session, broadcast_id, chunk_number, now):
+        return []
+    # The broadcast row first (only while still queued): the lock order of recording, broadcast then messages.
+    session.execute(
+        text(
+            "UPDATE broadcasts SET status = :sending, first_send_at = coalesce(first_send_at, now()) "
+            "WHERE id = :broadcast_id AND status = :queued"
+        ),
+        {"broadcast_id": broadcast_id, "sending": BroadcastStatus.SENDING, "queued": BroadcastStatus.QUEUED},
+    )
+    rows = session.execute(
+        text(
+            "UPDATE messages SET state = :sending, claimed_until = now() + make_interval(secs => :lease), "
+            "attempts = attempts + 1, updated_at = now() "
+            "WHERE broadcast_id = :broadcast_id AND chunk_number = :chunk_number AND state = :pending "
+            "AND (not_before IS NULL OR not_before <= now()) "
+            "RETURNING id, to_number, attempts, variables"
+        ),
+        {
+            "broadcast_id": broadcast_id,
+            "chunk_number": chunk_number,
+            "lease": float(lease_seconds),
+            "sending": MessageState.SENDING,
+            "pending": MessageState.PENDING,
+        },
+    ).all()
+    return [
+        ClaimedMessage(id=row.id, to_number=row.to_number, attempts=row.attempts, variables=row.variables)
+        for row in rows
+    ]
+
+
+def broadcast_body(session: Session, broadcast_id: uuid.UUID) -> str | None:
+    return session.execute(text("SELECT body FROM broadcasts WHERE id = :id"), {"id": broadcast_id}).scalar()
+
+
+def _outcome_columns(outcome: SendOutcome) -> tuple[str, str | None, str | None, int | None, str | None]:
+    """(state, twilio_sid, twilio_status, error_code, error_message) for one outcome."""
+    if isinstance(outcome, Accepted):
+        return MessageState.ACCEPTED, outcome.sid, outcome.status, None, None
+    if isinstance(outcome, Permanent):
+        return MessageState.FAILED, None, None, outcome.code, outcome.message
+    if isinstance(outcome, Ambiguous):
+        return MessageState.UNKNOWN, None, None, None, outcome.reason
+    return MessageState.PENDING, None, None, None, f"released after retries: {outcome.reason}"
+
+
+def record_send_outcomes(
+    session: Session, broadcast_id: uuid.UUID, results: Sequence[tuple[ClaimedMessage, SendOutcome]]
+) -> int:
+    """Write every outcome in one UPDATE, only over rows this claim still owns; returns the rows written.
+
+    Also stamps the broadcast's `last_send_at` and marks it `submitted` when nothing is left unfinished.
+    """
+    # Lock the broadcast row first: recorders of one broadcast then take turns, so the "nothing unfinished"
+    # check below always sees the other recorders' committed rows and the last one marks the broadcast.
+    session.execute(text("UPDATE broadcasts SET last_send_at = now() WHERE id = :id"), {"id": broadcast_id})
+    written = 0
+    if results:
+        columns: list[list[Any]] = [[], [], [], [], [], [], []]
+        for message, outcome in results:
+            state, sid, twilio_status, error_code, error_message = _outcome_columns(outcome)
+            for column, value in zip(
+                columns,
+                (message.id, message.attempts, str(state), sid, twilio_status, error_code, error_message),
+                strict=True,
+            ):
+                column.append(value)
+        written = session.execute(
+            text(
+                "UPDATE messages AS m SET state = v.state, twilio_sid = v.twilio_sid, "
+                "twilio_status = v.twilio_status, error_code = v.error_code, "
+                "error_message = v.error_message, "
+                "sent_at = CASE WHEN v.state = :accepted THEN now() ELSE m.sent_at END, "
+                "final_at = CASE WHEN v.state = :failed THEN now() ELSE m.final_at END, "
+                "claimed_until = CASE WHEN v.state = :pending THEN NULL ELSE m.claimed_until END, "
+                "updated_at = now() "
+                "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:states AS text[]), "
+                "CAST(:sids AS text[]), CAST(:twilio_statuses AS text[]), CAST(:error_codes AS integer[]), "
+                "CAST(:error_messages AS text[])) "
+                "AS v(id, attempts, state, twilio_sid, twilio_status, error_code, error_message) "
+                "WHERE m.id = v.id AND m.state = :sending AND m.attempts = v.attempts"
+            ),
+            {
+                "ids": columns[0],
+                "attempts": columns[1],
+                "states": columns[2],
+                "sids": columns[3],
+                "twilio_statuses": columns[4],
+                "error_codes": columns[5],
+                "error_messages": columns[6],
+                "accepted": MessageState.ACCEPTED,
+                "failed": MessageState.FAILED,
+                "pending": MessageState.PENDING,
+                "sending": MessageState.SENDING,
+            },
+        ).rowcount  # type: ignore[attr-defined]
+        record_opted_out_numbers(session, results)
+        released_ids = [message.id for message, outcome in results if isinstance(outcome, Retryable)]
+        cancel_leftovers_of_canceled(session, broadcast_id, released_ids)
+    mark_broadcast_submitted_if_finished(session, broadcast_id)
+    return int(written)
+
+
+# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
+OPTED_OUT_SEND_ERROR_CODE = 21610
+OPT_OUT_SOURCE_SEND = "send_21610"
+
+
+def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> int:
+    """Add the numbers Twilio refused with 21610 to `opted_out_numbers` (already there: left as is)."""
+    numbers = sorted(
+        {
+            message.to_number
+            for message, outcome in results
+            if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
+        }
+    )
+    if not numbers:
+        return 0
+    inserted = session.execute(
+        text(
+            "INSERT INTO opted_out_numbers (phone_number, source, reason) "
+            "SELECT unnest(CAST(:numbers AS text[])), :source, :reason ON CONFLICT DO NOTHING"
+        ),
+        {"numbers": numbers, "source": OPT_OUT_SOURCE_SEND, "reason": "Twilio refused the send with error 21610"},
+    ).rowcount  # type: ignore[attr-defined]
+    return int(inserted)
+
+
+def mark_broadcast_submitted_if_finished(session: Session, broadcast_id: uuid.UUID) -> bool:
+    """Set `submitted` once no message of the broadcast is pending, sending or unknown (lock it first)."""
+    updated = session.execute(
+        text(
+            "UPDATE broadcasts SET status = :submitted, submitted_at = now() "
+            "WHERE id = :id AND status <> :submitted AND status <> :canceled AND NOT EXISTS ("
+            "  SELECT 1 FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:unfinished AS text[])))"
+        ),
+        {
+            "id": broadcast_id,
+            "submitted": BroadcastStatus.SUBMITTED,
+            "canceled": BroadcastStatus.CANCELED,
+            "unfinished": UNFINISHED_STATES,
+        },
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(updated)
+
+
+class _stop_at_deadline(stop_base):
+    """Stop retrying when the next attempt would start after `deadline` (a `time.monotonic()` value)."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        return time.monotonic() + retry_state.upcoming_sleep >= self.deadline
+
+
+# A Retryable with this reason was never sent: the broadcast was paused or canceled (no retry, back to pending).
+HALTED_REASON = "broadcast paused or canceled"
+
+
+def _last_outcome(retry_state: RetryCallState) -> SendOutcome:
+    assert retry_state.outcome is not None
+    outcome: SendOutcome = retry_state.outcome.result()
+    return outcome
+
+
+async def send_messages(
+    gateway: TwilioGateway,
+    slots: SlotPool,
+    body: str | OutgoingContent,
+    messages: Sequence[ClaimedMessage],
+    *,
+    public_base_url: str | None,
+    retry_policy: RetryPolicy,
+    deadline: float,
+    halted: HaltCallable | None = None,
+    metrics: MetricsRecorder | None = None,
+) -> list[tuple[ClaimedMessage, SendOutcome]]:
+    """Send all messages concurrently, each holding a concurrency slot only while its request is in flight.
+
+    `halted` (the broadcast was paused or canceled) is asked before each request: once true, the rest are
+    released unsent (back to `pending`) without further retries. `metrics` gets every request's result and
+    latency (buffered in-process; the caller flushes it).
+    """
+
+    # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
+    content = body if isinstance(body, OutgoingContent) else OutgoingContent(body)
+    options = content.send_options()
+
+    async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
+        async with slots.slot(deadline) as token:
+            if token is None:
+                return Retryable("no concurrency slot before the claim's deadline")
+            if halted is not None and await halted():
+                return Retryable(HALTED_REASON)
+            text_body = content.body_for(message.variables)
+            started = time.perf_counter()
+            outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
+            if metrics is not None:
+                _count_request(metrics, outcome, time.perf_counter() - started)
+            return outcome
+
+    async def send_one(message: ClaimedMessage) -> SendOutcome:
+        # The slot is released before each backoff sleep (it is taken inside `attempt`).
+        retrying = AsyncRetrying(
+            stop=(
+                stop_after_attempt(retry_policy.max_attempts)
+                | stop_before_delay(retry_policy.max_seconds)
+                | _stop_at_deadline(deadline)
+            ),
+            wait=wait_random_exponential(
+                multiplier=retry_policy.initial_wait_seconds, max=retry_policy.max_wait_seconds
+            ),
+            retry=retry_if_result(lambda outcome: isinstance(outcome, Retryable) and outcome.reason != HALTED_REASON),
+            retry_error_callback=_last_outcome,
+        )
+        outcome: SendOutcome = await retrying(attempt, message, status_callback_url(public_base_url, message))
+        return outcome
+
+    outcomes = await asyncio.gather(*(send_one(message) for message in messages))
+    return list(zip(messages, outcomes, strict=True))
+
+
+def _request_result(outcome: SendOutcome) -> str:
+    if isinstance(outcome, Accepted):
+        return "accepted"
+    if isinstance(outcome, Permanent):
+        return "failed"
+    if isinstance(outcome, Ambiguous):
+        return "unknown"
+    return "rate_limited" if outcome.reason.startswith(RATE_LIMITED_REASON) else "not_sent"
+
+
+def _count_request(metrics: MetricsRecorder, outcome: SendOutcome, seconds: float) -> None:
+    result = _request_result(outcome)
+    metrics.increment(TWILIO_REQUESTS, {"result": result})
+    metrics.observe(TWILIO_REQUEST_DURATION, {"result": result}, seconds)
+    if result == "rate_limited":
+        metrics.increment(TWILIO_RATE_LIMITED)
+
+
+def _flush_chunk_metrics(
+    resources: SendingResources,
+    metrics: MetricsRecorder,
+    result: ChunkResult,
+    results: Sequence[tuple[ClaimedMessage, SendOutcome]],
+) -> None:
+    """The chunk's outcomes and its requests' latencies, written to Redis in one round trip (never raises)."""
+    record_send_metrics(
+        metrics,
+        {"accepted": result.accepted, "failed": result.failed, "unknown": result.unknown, "released": result.released},
+        [outcome.code for _, outcome in results if isinstance(outcome, Permanent)],
+    )
+    resources.run(metrics.flush_async(resources.redis))
+
+
+def _database_retrying() -> Retrying:
+    """Recording after Twilio answered must not be lost to a database blip: retry a few times."""
+    return Retrying(
+        retry=retry_if_exception_type((OperationalError, InterfaceError)),
+        stop=stop_after_attempt(5) | stop_after_delay(30),
+        wait=wait_exponential(multiplier=0.5, max=8),
+        reraise=True,
+    )
+
+
+def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_number: int) -> ChunkResult:
+    """Claim one chunk's pending recipients, send them, record the outcomes. Safe to run twice on a chunk."""
+    settings = resources.settings
+    claimed_at = time.monotonic()
+    with session_scope(resources.session_factory) as session:
+        body = load_outgoing_content(session, broadcast_id)
+        if body is None:
+            logger.warning("broadcast %s not found: nothing to send for chunk %d", broadcast_id, chunk_number)
+            return ChunkResult()
+        messages = claim_pending_messages(session, broadcast_id, chunk_number, settings.claim_lease_seconds)
+    if not messages:
+        return ChunkResult()
+    metrics = MetricsRecorder()
+
+    async def send_all() -> list[tuple[ClaimedMessage, SendOutcome]]:
+        async with SlotPool(resources.limiter) as slots:
+            return await send_messages(
+                resources.gateway,
+                slots,
+                body,
+                messages,
+                public_base_url=settings.public_base_url,
+                retry_policy=resources.retry_policy,
+                deadline=send_deadline(claimed_at, settings),
+                halted=HaltCheck(resources.redis, broadcast_id),
+                metrics=metrics,
+            )
+
+    results = resources.run(send_all())
+    for attempt in _database_retrying():
+        with attempt, session_scope(resources.session_factory) as session:
+            record_send_outcomes(session, broadcast_id, results)
+    result = ChunkResult.of(results)
+    _flush_chunk_metrics(resources, metrics, result, results)
+    logger.info(
+        "broadcast %s chunk %d: %d claimed, %d accepted, %d failed, %d unknown, %d released",
+        broadcast_id,
+        chunk_number,
+        result.claimed,
+        result.accepted,
+        result.failed,
+        result.unknown,
+        result.released,
+    )
+    return result

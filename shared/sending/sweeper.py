@@ -1,0 +1,343 @@
+"""Periodic recovery (`sms.sweep`): what makes "every recipient sent exactly once" survive crashes.
+
+1. Broadcasts stored but never enqueued (a crash between commit and enqueue): enqueue their pending chunks.
+2. Chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a worker
+   died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
+3. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's message
+   list for that number since the claim decides: found -> `accepted` with its SID; not found -> `pending`.
+
+One sweep at a time across all beats and workers (a Redis lock).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from celery import Celery
+from redis.exceptions import RedisError
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.broadcasts.control import cancel_leftovers_of_canceled
+from shared.broadcasts.templates import parse_template
+from shared.compliance.phone_numbers import mask_phone_number
+from shared.platform.db import session_scope
+from shared.platform.models import BroadcastStatus, MessageState
+from shared.platform.task_queue import SEND_QUEUE, enqueue_chunks
+from shared.sending.chunks import SendingResources, mark_broadcast_submitted_if_finished
+from shared.sending.concurrency import SlotPool
+from shared.twilio.gateway import TwilioLookupError
+
+logger = logging.getLogger(__name__)
+
+SWEEP_LOCK_KEY = "bulksms:sweeper-lock"
+# Unix time of the latest sweep beat scheduled: `bulksms doctor` reads it to tell whether beat is alive.
+SWEEP_HEARTBEAT_KEY = "bulksms:sweeper-heartbeat"
+SWEEP_HEARTBEAT_TTL_SECONDS = 86_400
+# A broadcast the API committed this recently may still be being enqueued by the API itself.
+UNENQUEUED_AGE_SECONDS = 5
+# Rows reconciled per sweep, and Twilio lookups in flight at once for them (inside the global cap).
+RECONCILE_BATCH_SIZE = 500
+RECONCILE_CONCURRENCY = 20
+# Twilio's clock and ours differ a little: look back this much further than the claim.
+LOOKUP_CLOCK_SLACK = timedelta(minutes=2)
+
+
+@dataclass
+class SweepReport:
+    skipped: bool = False  # another sweep held the lock
+    broadcasts_enqueued: int = 0
+    chunks_requeued: int = 0
+    reconciled_accepted: int = 0
+    reconciled_pending: int = 0
+    expired_claims: int = 0  # claims that expired mid-send (`sending` rows past their lease)
+    lookups_failed: int = 0
+    broadcasts_submitted: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Suspect:
+    id: int
+    broadcast_id: uuid.UUID
+    chunk_number: int
+    to_number: str
+    state: str
+    attempts: int
+    claimed_until: datetime
+    body: str
+
+
+def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_seconds: float) -> int:
+    """Broadcasts with `enqueued_at IS NULL` for a while: enqueue every chunk that still has pending rows."""
+    broadcasts = session.execute(
+        text(
+            # Scheduled broadcasts wait for their send_at (shared.broadcasts.control releases them); paused and
+            # canceled ones must not be sent.
+            "SELECT id FROM broadcasts WHERE enqueued_at IS NULL AND status IN (:queued, :sending) "
+            "AND created_at < now() - make_interval(secs => :age) ORDER BY created_at LIMIT 100 "
+            "FOR UPDATE SKIP LOCKED"
+        ),
+        {"age": float(older_than_seconds), "queued": BroadcastStatus.QUEUED, "sending": BroadcastStatus.SENDING},
+    ).scalars()
+    count = 0
+    for broadcast_id in list(broadcasts):
+        chunks = session.execute(
+            text(
+                "SELECT DISTINCT chunk_number FROM messages WHERE broadcast_id = :id AND state = :pending "
+                "ORDER BY chunk_number"
+            ),
+            {"id": broadcast_id, "pending": MessageState.PENDING},
+        ).scalars()
+        chunk_numbers = list(chunks)
+        enqueue_chunks(app, broadcast_id, chunk_numbers)
+        session.execute(text("UPDATE broadcasts SET enqueued_at = now() WHERE id = :id"), {"id": broadcast_id})
+        logger.warning("broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(chunk_numbers))
+        count += 1
+    return count
+
+
+def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_000) -> list[tuple[uuid.UUID, int]]:
+    """(broadcast, chunk) pairs with `pending` rows untouched for `idle_seconds`, of enqueued broadcasts."""
+    rows = session.execute(
+        text(
+            # Driven from the unfinished broadcasts (a small partial index) so each lookup of pending rows is
+            # an index range on (broadcast_id, 'pending'), never a scan of every message ever sent.
+            "SELECT m.broadcast_id, m.chunk_number "
+            "FROM broadcasts b JOIN messages m ON m.broadcast_id = b.id AND m.state = :pending "
+            "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL "
+            "AND b.status IN (:queued, :sending, :submitted) "
+            "AND m.updated_at < now() - make_interval(secs => :idle) "
+            # Rows deferred by quiet hours wait for their not_before (sms.release_deferred enqueues them).
+            "AND (m.not_before IS NULL OR m.not_before <= now()) "
+            "GROUP BY m.broadcast_id, m.chunk_number ORDER BY m.broadcast_id, m.chunk_number LIMIT :limit"
+        ),
+        {
+            "pending": MessageState.PENDING,
+            "idle": float(idle_seconds),
+            "limit": limit,
+            "queued": BroadcastStatus.QUEUED,
+            "sending": BroadcastStatus.SENDING,
+            # a released delivery retry is pending in a submitted broadcast
+            "submitted": BroadcastStatus.SUBMITTED,
+        },
+    ).all()
+    return [(row.broadcast_id, row.chunk_number) for row in rows]
+
+
+def requeue_chunks(app: Celery, chunks: list[tuple[uuid.UUID, int]]) -> None:
+    by_broadcast: dict[uuid.UUID, list[int]] = defaultdict(list)
+    for broadcast_id, chunk_number in chunks:
+        by_broadcast[broadcast_id].append(chunk_number)
+    for broadcast_id, chunk_numbers in by_broadcast.items():
+        enqueue_chunks(app, broadcast_id, sorted(set(chunk_numbers)))
+
+
+def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) -> list[_Suspect]:
+    """`sending` rows past their lease and `unknown` rows, once their lease ended `grace_seconds` ago."""
+    rows = session.execute(
+        text(
+            "SELECT m.id, m.broadcast_id, m.chunk_number, m.to_number, m.state, m.attempts, m.claimed_until, "
+            "b.body, b.is_template, m.variables FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id "
+            "WHERE m.state IN (:sending, :unknown) "
+            "AND m.claimed_until < now() - make_interval(secs => :grace) "
+            "ORDER BY m.claimed_until LIMIT :limit"
+        ),
+        {
+            "sending": MessageState.SENDING,
+            "unknown": MessageState.UNKNOWN,
+            "grace": float(grace_seconds),
+            "limit": limit,
+        },
+    ).all()
+    return [
+        _Suspect(
+            row.id,
+            row.broadcast_id,
+            row.chunk_number,
+            row.to_number,
+            row.state,
+            row.attempts,
+            row.claimed_until,
+            # A template's message was rendered for its recipient: Twilio has that text, not the template.
+            parse_template(row.body).render(row.variables) if row.is_template else row.body,
+        )
+        for row in rows
+    ]
+
+
+Candidates = list[tuple[str, str | None]]  # (sid, status) of Twilio messages that could be a suspect's
+
+
+async def _look_up(resources: SendingResources, suspects: list[_Suspect]) -> dict[int, Candidates | TwilioLookupError]:
+    """For each suspect: the messages Twilio has that could be it (maybe none), or the lookup's error."""
+    lease = timedelta(seconds=resources.settings.claim_lease_seconds)
+    gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
+    found: dict[int, Candidates | TwilioLookupError] = {}
+
+    async with SlotPool(resources.limiter) as slots:
+
+        async def look_up_one(suspect: _Suspect) -> None:
+            claimed_at = suspect.claimed_until - lease - LOOKUP_CLOCK_SLACK
+            async with gate, slots.slot() as _:
+                try:
+                    messages = await resources.gateway.find_messages(suspect.to_number, claimed_at)
+                except TwilioLookupError as error:
+                    found[suspect.id] = error
+                    return
+            found[suspect.id] = [
+                (message.sid, message.status) for message in messages if message.body in (None, suspect.body)
+            ]
+
+        await asyncio.gather(*(look_up_one(suspect) for suspect in suspects))
+    return found
+
+
+def _apply_reconciliation(
+    session: Session,
+    broadcast_id: uuid.UUID,
+    found: list[tuple[_Suspect, Candidates]],
+    released: list[_Suspect],
+) -> tuple[int, int, bool]:
+    # Broadcast row first: the same lock order as the recorders (shared.sending.chunks), so no deadlock with them.
+    session.execute(text("SELECT 1 FROM broadcasts WHERE id = :id FOR UPDATE"), {"id": broadcast_id})
+    accepted_count = released_count = 0
+    for suspect, candidates in found:
+        # A SID already on another row is that row's message (same number and body), not this one's.
+        taken = set(
+            session.execute(
+                text("SELECT twilio_sid FROM messages WHERE twilio_sid = ANY(CAST(:sids AS text[]))"),
+                {"sids": [sid for sid, _ in candidates]},
+            ).scalars()
+        )
+        match = next(((sid, status) for sid, status in candidates if sid not in taken), None)
+        if match is None:
+            released.append(suspect)
+            continue
+        sid, twilio_status = match
+        accepted_count += session.execute(
+            text(
+                "UPDATE messages SET state = :accepted, twilio_sid = :sid, twilio_status = :twilio_status, "
+                "error_code = NULL, error_message = NULL, sent_at = coalesce(sent_at, now()), "
+                "updated_at = now() "
+                "WHERE id = :id AND state = :state AND attempts = :attempts"
+            ),
+            {
+                "accepted": MessageState.ACCEPTED,
+                "sid": sid,
+                "twilio_status": twilio_status or "accepted",
+                "id": suspect.id,
+                "state": suspect.state,
+                "attempts": suspect.attempts,
+            },
+        ).rowcount  # type: ignore[attr-defined]
+    for suspect in released:
+        released_count += session.execute(
+            text(
+                "UPDATE messages SET state = :pending, claimed_until = NULL, updated_at = now(), "
+                "error_message = :reason WHERE id = :id AND state = :state AND attempts = :attempts"
+            ),
+            {
+                "pending": MessageState.PENDING,
+                "reason": f"not found at Twilio after the {suspect.state} claim expired; sending again",
+                "id": suspect.id,
+                "state": suspect.state,
+                "attempts": suspect.attempts,
+            },
+        ).rowcount  # type: ignore[attr-defined]
+    cancel_leftovers_of_canceled(session, broadcast_id, [suspect.id for suspect in released])
+    submitted = mark_broadcast_submitted_if_finished(session, broadcast_id)
+    return accepted_count, released_count, submitted
+
+
+def reconcile_expired_claims(resources: SendingResources, app: Celery, report: SweepReport) -> None:
+    """Ask Twilio about expired claims and `unknown` sends; record what it has, send again what it lacks."""
+    settings = resources.settings
+    with session_scope(resources.session_factory) as session:
+        suspects = messages_to_reconcile(session, settings.sweeper_grace_seconds, RECONCILE_BATCH_SIZE)
+    if not suspects:
+        return
+    report.expired_claims = sum(1 for suspect in suspects if suspect.state == MessageState.SENDING)
+    lookups = resources.run(_look_up(resources, suspects))
+
+    per_broadcast: dict[uuid.UUID, tuple[list[tuple[_Suspect, Candidates]], list[_Suspect]]] = {}
+    for suspect in suspects:
+        answer = lookups.get(suspect.id)
+        found, released = per_broadcast.setdefault(suspect.broadcast_id, ([], []))
+        if answer is None or isinstance(answer, TwilioLookupError):
+            report.lookups_failed += 1
+            logger.warning("could not look up %s at Twilio: %s", mask_phone_number(suspect.to_number), answer)
+        elif answer:
+            found.append((suspect, answer))
+        else:
+            released.append(suspect)
+
+    requeue: list[tuple[uuid.UUID, int]] = []
+    for broadcast_id, (found, released) in per_broadcast.items():
+        with session_scope(resources.session_factory) as session:
+            accepted_count, released_count, submitted = _apply_reconciliation(session, broadcast_id, found, released)
+        report.reconciled_accepted += accepted_count
+        report.reconciled_pending += released_count
+        report.broadcasts_submitted += int(submitted)
+        requeue.extend({(broadcast_id, suspect.chunk_number) for suspect in released})
+    if requeue:
+        requeue_chunks(app, requeue)
+    logger.warning(
+        "reconciled %d messages (%d claims that expired mid-send): %d found at Twilio, %d back to pending, "
+        "%d lookups failed",
+        len(suspects),
+        report.expired_claims,
+        report.reconciled_accepted,
+        report.reconciled_pending,
+        report.lookups_failed,
+    )
+
+
+async def _queue_length(resources: SendingResources) -> int:
+    return int(await resources.redis.llen(SEND_QUEUE))
+
+
+async def _write_heartbeat(resources: SendingResources) -> None:
+    await resources.redis.set(SWEEP_HEARTBEAT_KEY, f"{time.time():.3f}", ex=SWEEP_HEARTBEAT_TTL_SECONDS)
+
+
+def sweep(resources: SendingResources, app: Celery) -> SweepReport:
+    """One pass of every recovery, under a Redis lock so two sweeps never overlap."""
+    settings = resources.settings
+    report = SweepReport()
+    lock = resources.redis.lock(SWEEP_LOCK_KEY, timeout=max(300, settings.sweeper_interval_seconds * 10))
+    try:
+        resources.run(_write_heartbeat(resources))
+        acquired = resources.run(lock.acquire(blocking=False))
+    except RedisError as error:
+        logger.warning("sweep skipped: Redis unavailable (%s)", type(error).__name__)
+        report.skipped = True
+        return report
+    if not acquired:
+        report.skipped = True
+        return report
+    try:
+        with session_scope(resources.session_factory) as session:
+            report.broadcasts_enqueued = enqueue_forgotten_broadcasts(session, app, UNENQUEUED_AGE_SECONDS)
+
+        queued = resources.run(_queue_length(resources))
+        if queued == 0:
+            with session_scope(resources.session_factory) as session:
+                chunks = idle_pending_chunks(session, settings.sweeper_grace_seconds)
+            if chunks:
+                requeue_chunks(app, chunks)
+                report.chunks_requeued = len(chunks)
+                logger.warning("re-enqueued %d idle chunks with pending recipients", len(chunks))
+
+        reconcile_expired_claims(resources, app, report)
+    finally:
+        try:
+            resources.run(lock.release())
+        except RedisError:  # also LockNotOwnedError: it expired while we worked
+            logger.warning("could not release the sweep lock; it expires by itself")
+    return report

@@ -1,0 +1,249 @@
+"""The only module that talks to Twilio to send: one request per message, and what its answer means for us.
+
+Every answer becomes one of four outcomes. `Accepted`: Twilio has the message (a SID). `Retryable`: Twilio
+never processed the request (20429, or the connection failed before the request was sent): safe to send again.
+`Permanent`: Twilio refused this message and would again (invalid number, STOP, authentication...).
+`Ambiguous`: the request left but no usable answer came back (timeout, 5xx, connection reset), so Twilio may
+or may not have it; such a message is reconciled against Twilio's message list, never resent blindly.
+
+The official library's `AsyncTwilioHttpClient` is used for throughput, without its `max_retries` (it resends a
+POST after any 5xx, which can send an SMS twice) and with our own `request`: it rewrites the API host (the
+simulator, a proxy) and enforces the timeout (the library hands aiohttp `timeout=None`, which disables it).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+from twilio.base import values
+from twilio.base.exceptions import TwilioException, TwilioRestException
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.http.response import Response
+from twilio.rest import Client
+
+from shared.platform.settings import TWILIO_DEFAULT_API_BASE_URL, Settings
+
+logger = logging.getLogger(__name__)
+
+TOO_MANY_REQUESTS_CODE = 20429
+# The reason of every 429 / 20429 outcome: metrics count rate limiting by it (shared.platform.metrics).
+RATE_LIMITED_REASON = "too many requests"
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    sid: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class Retryable:
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Permanent:
+    code: int | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ambiguous:
+    reason: str
+
+
+SendOutcome = Accepted | Retryable | Permanent | Ambiguous
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioMessage:
+    """A message as Twilio's list shows it: enough to reconcile a send whose answer we never saw."""
+
+    sid: str
+    to: str
+    body: str | None
+    status: str | None
+    date_created: datetime | None
+
+
+class TwilioLookupError(RuntimeError):
+    """Twilio's message list could not be read this time (network, timeout, 5xx): try again later."""
+
+
+class _RedirectingAsyncHttpClient(AsyncTwilioHttpClient):
+    """twilio-python's aiohttp client, aimed at `base_url`, with a real timeout and no retries of its own."""
+
+    def __init__(self, base_url: str, timeout_seconds: float) -> None:
+        # pool_connections=False: the parent would build its ClientSession here, outside any event loop.
+        super().__init__(pool_connections=False, timeout=timeout_seconds)
+        self.base_url = base_url.rstrip("/")
+        self.client_timeout = aiohttp.ClientTimeout(
+            total=timeout_seconds,
+            # A connect that times out never sent the request: a separate, shorter limit tells it apart.
+            sock_connect=max(min(timeout_seconds / 2, 5.0), 0.1),
+        )
+        # No limit on connections here: the Redis semaphore caps requests in flight, and queueing for a pooled
+        # connection would eat into the total timeout and turn a never-sent request into an ambiguous one.
+        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300))
+        self._auth_cache: tuple[tuple[str, str], str] | None = None
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        params: dict[str, object] | None = None,
+        data: dict[str, object] | None = None,
+        headers: dict[str, str] | None = None,
+        auth: tuple[str, str] | None = None,
+        timeout: float | None = None,
+        allow_redirects: bool = False,
+    ) -> Response:
+        if url.startswith(TWILIO_DEFAULT_API_BASE_URL):
+            url = self.base_url + url[len(TWILIO_DEFAULT_API_BASE_URL) :]
+        client_timeout = self.client_timeout if timeout is None else aiohttp.ClientTimeout(total=timeout)
+        assert self.session is not None
+        if auth is not None:
+            headers = {**(headers or {}), "Authorization": self._authorization(auth)}
+        # No request/response logging here: the library's logs headers and URLs at INFO for every message.
+        async with self.session.request(
+            method.upper(),
+            url,
+            params=params,  # type: ignore[arg-type]
+            data=data,
+            headers=headers,
+            timeout=client_timeout,
+            allow_redirects=allow_redirects,
+        ) as response:
+            text = await response.text()
+            return Response(response.status, text, response.headers)
+
+    def _authorization(self, auth: tuple[str, str]) -> str:
+        # Encoded once, not per request.
+        if self._auth_cache is None or self._auth_cache[0] != auth:
+            encoded = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode("ascii")
+            self._auth_cache = (auth, f"Basic {encoded}")
+        return self._auth_cache[1]
+
+
+class TwilioGateway:
+    """Sends one message through Twilio's Messages API and maps the answer to a `SendOutcome`.
+
+    Create it inside the event loop that will use it (`await TwilioGateway.open(settings)`), once per process,
+    and `close()` it on shutdown.
+    """
+
+    def __init__(
+        self,
+        account_sid: str,
+        auth_token: str,
+        messaging_service_sid: str,
+        api_base_url: str = TWILIO_DEFAULT_API_BASE_URL,
+        timeout_seconds: float = 15.0,
+    ) -> None:
+        self.messaging_service_sid = messaging_service_sid
+        self.http_client = _RedirectingAsyncHttpClient(api_base_url, timeout_seconds)
+        # environment={}: the library would otherwise read TWILIO_* from os.environ; settings are the source.
+        self.client = Client(account_sid, auth_token, http_client=self.http_client, environment={})
+
+    @classmethod
+    async def open(cls, settings: Settings) -> TwilioGateway:
+        settings.require("twilio_account_sid", "twilio_auth_token", "twilio_messaging_service_sid")
+        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_messaging_service_sid
+        return cls(
+            settings.twilio_account_sid,
+            settings.twilio_auth_token,
+            settings.twilio_messaging_service_sid,
+            api_base_url=settings.twilio_api_base_url,
+            timeout_seconds=settings.twilio_request_timeout_seconds,
+        )
+
+    async def close(self) -> None:
+        await self.http_client.close()
+
+    async def send(
+        self,
+        to: str,
+        body: str,
+        status_callback: str | None = None,
+        *,
+        media_urls: Sequence[str] | None = None,
+        validity_period: int | None = None,
+        smart_encoded: bool = False,
+    ) -> SendOutcome:
+        """Ask Twilio to send `body` to `to` once; never raises for anything Twilio or the network does.
+
+        `media_urls` become repeated `MediaUrl` (an MMS; `body` may then be empty), `validity_period` is
+        `ValidityPeriod` in seconds, `smart_encoded` sends `SmartEncoded=true`.
+        """
+        options: dict[str, Any] = {}
+        if media_urls:
+            options["media_url"] = list(media_urls)
+        if validity_period is not None:
+            options["validity_period"] = validity_period
+        if smart_encoded:
+            options["smart_encoded"] = True
+        try:
+            message = await self.client.messages.create_async(
+                to=to,
+                body=body if body else values.unset,
+                messaging_service_sid=self.messaging_service_sid,
+                status_callback=status_callback,
+                **options,
+            )
+        except TwilioRestException as error:
+            return _outcome_of_error_response(error)
+        except aiohttp.ConnectionTimeoutError:
+            return Retryable("connect timeout")
+        except aiohttp.ClientConnectorError as error:
+            # Raised while opening the connection (refused, unreachable, DNS): the request was never sent.
+            return Retryable(f"connection failed: {error.os_error.strerror or error.os_error}")
+        except TimeoutError:
+            return Ambiguous("timeout waiting for Twilio's answer")
+        except (aiohttp.ClientError, OSError) as error:
+            return Ambiguous(f"connection lost before Twilio's answer: {type(error).__name__}")
+        except (TwilioException, ValueError, KeyError) as error:
+            # A 2xx we could not read: Twilio probably has the message, so reconcile it.
+            return Ambiguous(f"unreadable answer: {type(error).__name__}")
+        if not message.sid:
+            return Ambiguous("accepted without a SID")
+        return Accepted(sid=message.sid, status=str(message.status or "accepted"))
+
+    async def find_messages(self, to: str, sent_after: datetime, limit: int = 50) -> list[TwilioMessage]:
+        """Messages Twilio has for `to` sent at or after `sent_after` (`GET Messages.json?To=&DateSent>=`)."""
+        try:
+            page = await self.client.messages.page_async(to=to, date_sent_after=sent_after, page_size=limit)
+        except TwilioRestException as error:
+            raise TwilioLookupError(f"Twilio answered {error.status} (code {error.code})") from error
+        except (aiohttp.ClientError, OSError, TwilioException, ValueError) as error:
+            raise TwilioLookupError(f"listing messages failed: {type(error).__name__}") from error
+        found = []
+        for record in page:
+            item: Any = record
+            if item.sid:
+                found.append(
+                    TwilioMessage(
+                        sid=item.sid,
+                        to=str(item.to or to),
+                        body=item.body,
+                        status=None if item.status is None else str(item.status),
+                        date_created=item.date_created,
+                    )
+                )
+        return found
+
+
+def _outcome_of_error_response(error: TwilioRestException) -> SendOutcome:
+    status = int(error.status)
+    code = int(error.code) if error.code is not None else None
+    if status == 429 or code == TOO_MANY_REQUESTS_CODE:
+        return Retryable(f"{RATE_LIMITED_REASON} ({code or status})")
+    if status >= 500:
+        return Ambiguous(f"Twilio answered HTTP {status}")
+    # 21211, 21610, 21612, 21614, 21408, 21617, 20003, 21602 and every other 4xx: sending again cannot help.
+    return Permanent(code=code if code is not None else status, message=str(error.msg or f"HTTP {status}"))

@@ -1,0 +1,127 @@
+"""What each Twilio answer means for us, over real HTTP to the simulator (magic numbers and fault settings)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import pytest
+
+from bulksms_tools.local_services import find_free_port
+from shared.platform.settings import Settings
+from shared.twilio.gateway import Accepted, Ambiguous, Permanent, Retryable, TwilioGateway, TwilioLookupError
+
+T = TypeVar("T")
+
+
+def with_gateway(settings: Settings, use: Callable[[TwilioGateway], Awaitable[T]]) -> T:
+    async def main() -> T:
+        gateway = await TwilioGateway.open(settings)
+        try:
+            return await use(gateway)
+        finally:
+            await gateway.close()
+
+    return asyncio.run(main())
+
+
+def send(settings: Settings, to: str, body: str = "hello") -> Any:
+    return with_gateway(settings, lambda gateway: gateway.send(to, body, "http://127.0.0.1:9/cb?message_id=1"))
+
+
+def test_an_accepted_message_has_twilios_sid_and_status(settings: Settings, simulator: Any) -> None:
+    outcome = send(settings, "+15551230001")
+
+    assert isinstance(outcome, Accepted)
+    assert outcome.sid.startswith("SM") and len(outcome.sid) == 34
+    assert outcome.status == "accepted"  # sent through a Messaging Service
+    assert simulator.summary()["accepted"] == 1
+
+
+@pytest.mark.parametrize(
+    ("to", "code"),
+    [("+150055500011234", 21211), ("+150055500041234", 21610), ("+150055500091234", 21614)],
+)
+def test_refused_numbers_are_permanent_failures_with_twilios_code(
+    settings: Settings, simulator: Any, to: str, code: int
+) -> None:
+    outcome = send(settings, to)
+
+    assert isinstance(outcome, Permanent)
+    assert outcome.code == code
+    assert outcome.message
+
+
+def test_wrong_credentials_are_a_permanent_failure(settings: Settings, simulator: Any) -> None:
+    outcome = send(settings.replace(twilio_auth_token="not-the-token"), "+15551230002")
+
+    assert isinstance(outcome, Permanent) and outcome.code == 20003
+
+
+def test_too_many_requests_is_retryable(settings: Settings, simulator: Any) -> None:
+    simulator.configure(error_rate_429=1.0)
+
+    outcome = send(settings, "+15551230003")
+
+    assert isinstance(outcome, Retryable)
+    assert simulator.summary()["accepted"] == 0
+
+
+def test_a_500_is_ambiguous_never_retryable(settings: Settings, simulator: Any) -> None:
+    simulator.configure(error_rate_500=1.0)
+
+    outcome = send(settings, "+15551230004")
+
+    assert isinstance(outcome, Ambiguous)
+    assert "500" in outcome.reason
+
+
+def test_no_answer_within_the_timeout_is_ambiguous_and_the_timeout_holds(settings: Settings, simulator: Any) -> None:
+    simulator.configure(slow_ms=1500)
+    started = time.monotonic()
+    outcome = send(settings.replace(twilio_request_timeout_seconds=0.5), "+150055500201234")  # answers after slow_ms
+    elapsed = time.monotonic() - started
+    time.sleep(max(0.0, 2.0 - elapsed))  # let the simulator finish it, so it does not count in the next test
+
+    assert isinstance(outcome, Ambiguous)
+    assert "timeout" in outcome.reason
+    assert elapsed < 1.2
+
+
+def test_connection_refused_is_retryable(settings: Settings) -> None:
+    closed = f"http://127.0.0.1:{find_free_port()}"
+
+    outcome = send(settings.replace(twilio_api_base_url=closed), "+15551230005")
+
+    assert isinstance(outcome, Retryable)
+    assert "connection" in outcome.reason
+
+
+def test_find_messages_lists_what_twilio_has_for_a_number_since_a_time(settings: Settings, simulator: Any) -> None:
+    before = datetime.now(UTC) - timedelta(seconds=5)
+
+    async def use(gateway: TwilioGateway) -> tuple[Any, Any, Any, Any]:
+        sent = await gateway.send("+15551230006", "reconcile me")
+        found = await gateway.find_messages("+15551230006", before)
+        other_number = await gateway.find_messages("+15551230007", before)
+        too_late = await gateway.find_messages("+15551230006", datetime.now(UTC) + timedelta(minutes=5))
+        return sent, found, other_number, too_late
+
+    sent, found, other_number, too_late = with_gateway(settings, use)
+
+    assert isinstance(sent, Accepted)
+    assert [(message.sid, message.body) for message in found] == [(sent.sid, "reconcile me")]
+    assert other_number == [] and too_late == []
+
+
+def test_find_messages_raises_when_twilio_cannot_answer(settings: Settings) -> None:
+    closed = f"http://127.0.0.1:{find_free_port()}"
+
+    with pytest.raises(TwilioLookupError):
+        with_gateway(
+            settings.replace(twilio_api_base_url=closed),
+            lambda gateway: gateway.find_messages("+15551230008", datetime.now(UTC)),
+        )
