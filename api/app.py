@@ -48,14 +48,14 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(health.blueprint)
     app.register_blueprint(broadcasts.blueprint)
     init_webhooks(app, settings, app.extensions[EXTENSION_NAME].redis_client)
-    # Issue 4: pause/resume/cancel/reschedule, the opt-out list, and STOP/START replies (needs the database).
+    # Pause/resume/cancel/reschedule, the opt-out list, and STOP/START replies (these need the database).
     app.register_blueprint(broadcast_controls.blueprint)
     app.register_blueprint(opt_outs.blueprint)
-    app.register_blueprint(exports.blueprint)  # issue 5: GET /v1/broadcasts/{id}/messages.csv
+    app.register_blueprint(exports.blueprint)  # GET /v1/broadcasts/{id}/messages.csv
     app.register_blueprint(inbound.blueprint)
-    init_dashboard(app, settings)  # issue 5: /dashboard/ pages, signed in with an API key
-    init_request_logging(app)  # issue 5: X-Request-Id, one log line per request
+    init_dashboard(app, settings)  # /dashboard/ pages, signed in with an API key
+    init_request_logging(app)  # X-Request-Id, one log line per request
     services = app.extensions[EXTENSION_NAME]
-    init_metrics(app, settings, services.redis_client, services.session_factory)  # issue 5: GET /metrics
-    init_openapi(app)  # issue 5: /openapi.json and /docs, built from the routes registered above
+    init_metrics(app, settings, services.redis_client, services.session_factory)  # GET /metrics
+    init_openapi(app)  # /openapi.json and /docs, built from the routes registered above
     return app

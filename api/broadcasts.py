@@ -88,7 +88,7 @@ def _idempotency_key() -> str | None:
 def create() -> tuple[Response, int, dict[str, str]]:
     started = time.perf_counter()
     api_key = require_api_key()
-    # A CSV (issue 5, api.csv_intake) gives the same request; `csv_lines` maps recipients to CSV lines for reports.
+    # A CSV (api.csv_intake) gives the same request; `csv_lines` maps recipients to CSV lines for reports.
     csv_lines = None
     if is_csv_upload():
         broadcast_request, csv_lines = csv_broadcast_request()

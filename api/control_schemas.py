@@ -1,4 +1,4 @@
-"""Marshmallow schemas for scheduling, quiet hours and the opt-out list (issue 4)."""
+"""Marshmallow schemas for scheduling, quiet hours and the opt-out list."""
 
 from __future__ import annotations
 

@@ -148,7 +148,7 @@ def base_settings(database_url: str, redis_url: str, simulator_url: str) -> Sett
             "TWILIO_AUTH_TOKEN": TEST_AUTH_TOKEN,
             "TWILIO_MESSAGING_SERVICE_SID": TEST_MESSAGING_SERVICE_SID,
             "TWILIO_API_BASE_URL": simulator_url,
-            "PUBLIC_BASE_URL": "http://127.0.0.1:9",  # nothing listens: callbacks are issue 3's webhook
+            "PUBLIC_BASE_URL": "http://127.0.0.1:9",  # nothing listens: tests that need callbacks start a webhook
             "TWILIO_REQUEST_TIMEOUT_SECONDS": "3",
             "SEND_RETRY_MAX_SECONDS": "20",
             "CLAIM_LEASE_SECONDS": "8",

@@ -23,11 +23,12 @@ from typing import Any, Generic, TypeVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import func, select, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from shared.broadcasts import store as broadcast_store
 from shared.broadcasts.content import (
     Pricing,
     check_limits,
@@ -36,7 +37,7 @@ from shared.broadcasts.content import (
     report_content,
 )
 from shared.broadcasts.control import apply_intake_rules
-from shared.platform.models import Broadcast, BroadcastStatus, Message, MessageState
+from shared.platform.models import Broadcast, Message, MessageState
 from shared.platform.settings import Settings
 from shared.platform.task_queue import enqueue_chunks
 
@@ -307,7 +308,7 @@ def create_broadcast(
         .values(
             id=uuid.uuid4(),
             api_key_id=api_key_id,
-            status=(BroadcastStatus.SCHEDULED if request.send_at else BroadcastStatus.QUEUED).value,
+            status=broadcast_store.initial_status(request.send_at).value,
             send_at=request.send_at,
             quiet_hours_start=request.quiet_hours[0] if request.quiet_hours else None,
             quiet_hours_end=request.quiet_hours[1] if request.quiet_hours else None,
@@ -374,11 +375,7 @@ def enqueue_broadcast(session: Session, celery_app: Celery, broadcast: Broadcast
         logger.warning("broadcast %s stored but not enqueued (broker unreachable); the sweeper will", broadcast.id)
         return False
     try:
-        session.execute(
-            update(Broadcast)
-            .where(Broadcast.id == broadcast.id, Broadcast.enqueued_at.is_(None))
-            .values(enqueued_at=func.now())
-        )
+        broadcast_store.mark_enqueued(session, broadcast.id, only_if_unset=True)
         session.commit()
     except DBAPIError:
         # Chunks are published; the sweeper will publish them again, which the workers' claims make harmless.

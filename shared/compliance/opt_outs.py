@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.compliance.phone_numbers import _invalid_reason, normalise_phone_number
-from shared.platform.models import MessageState
+from shared.messages import store as message_store
 
 # Twilio's default opt-out, opt-in and help keywords (Advanced Opt-Out uses the same by default).
 STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
@@ -31,7 +31,6 @@ HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 SOURCE_INBOUND = "inbound_stop"
 SOURCE_API = "api"
 SOURCE_CSV = "csv_import"
-SKIP_REASON_OPTED_OUT = "opted_out"
 MAX_REASON_LENGTH = 500
 MAX_REPORTED_INVALID = 100
 _STRIPPED = string.whitespace + string.punctuation
@@ -184,41 +183,12 @@ def skip_opted_out_at_intake(session: Session, broadcast_id: uuid.UUID) -> list[
     empty); returns their numbers."""
     if not session.execute(text("SELECT EXISTS (SELECT 1 FROM opted_out_numbers)")).scalar():
         return []
-    skipped = session.execute(
-        text(
-            "UPDATE messages AS m SET state = :skipped, skip_reason = :reason "
-            "FROM opted_out_numbers AS o "
-            "WHERE m.broadcast_id = :broadcast_id AND m.state = :pending AND m.to_number = o.phone_number "
-            "RETURNING m.to_number"
-        ),
-        {
-            "broadcast_id": broadcast_id,
-            "skipped": MessageState.SKIPPED,
-            "pending": MessageState.PENDING,
-            "reason": SKIP_REASON_OPTED_OUT,
-        },
-    ).scalars()
-    return list(skipped)
+    return message_store.skip_opted_out(session, broadcast_id)
 
 
 def skip_opted_out_in_chunk(session: Session, broadcast_id: uuid.UUID, chunk_number: int) -> int:
     """Before a claim: the chunk's pending rows whose number is listed become `skipped` (one statement)."""
-    skipped = session.execute(
-        text(
-            "UPDATE messages AS m SET state = :skipped, skip_reason = :reason, updated_at = now() "
-            "FROM opted_out_numbers AS o "
-            "WHERE m.broadcast_id = :broadcast_id AND m.state = :pending AND m.chunk_number = :chunk_number "
-            "AND m.to_number = o.phone_number"
-        ),
-        {
-            "broadcast_id": broadcast_id,
-            "chunk_number": chunk_number,
-            "skipped": MessageState.SKIPPED,
-            "pending": MessageState.PENDING,
-            "reason": SKIP_REASON_OPTED_OUT,
-        },
-    ).rowcount  # type: ignore[attr-defined]
-    return int(skipped)
+    return len(message_store.skip_opted_out(session, broadcast_id, chunk_number))
 
 
 def normalise_numbers(raw_numbers: Sequence[Any]) -> tuple[list[str], list[dict[str, Any]]]:

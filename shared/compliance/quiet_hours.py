@@ -19,10 +19,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import phonenumbers
 from phonenumbers import timezone as phone_timezones
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.platform.models import MessageState
+from shared.messages import store as message_store
 
 HH_MM_PATTERN = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 UNKNOWN_ZONE = "Etc/Unknown"
@@ -119,28 +118,12 @@ def defer_quiet_rows(
     session: Session, broadcast_id: uuid.UUID, chunk_number: int, quiet: QuietHours, now: datetime
 ) -> int:
     """At claim: give the chunk's due pending rows that are inside the window a `not_before` (they stay pending)."""
-    rows = session.execute(
-        text(
-            "SELECT id, to_number FROM messages WHERE broadcast_id = :broadcast_id AND state = :pending "
-            "AND chunk_number = :chunk_number AND (not_before IS NULL OR not_before <= :now) "
-            "FOR UPDATE SKIP LOCKED"
-        ),
-        {"broadcast_id": broadcast_id, "chunk_number": chunk_number, "pending": MessageState.PENDING, "now": now},
-    ).all()
     ids: list[int] = []
     until: list[datetime] = []
-    for row in rows:
+    for row in message_store.lock_due_pending_rows(session, broadcast_id, chunk_number, now):
         not_before = not_before_for(zones_for_number(row.to_number), quiet, now)
         if not_before is not None:
             ids.append(row.id)
             until.append(not_before)
-    if ids:
-        session.execute(
-            text(
-                "UPDATE messages AS m SET not_before = v.not_before, updated_at = now() "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:until AS timestamptz[])) AS v(id, not_before) "
-                "WHERE m.id = v.id AND m.state = :pending"
-            ),
-            {"ids": ids, "until": until, "pending": MessageState.PENDING},
-        )
+    message_store.defer(session, ids, until)
     return len(ids)

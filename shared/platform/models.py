@@ -51,7 +51,7 @@ class MessageState(enum.StrEnum):
     ACCEPTED = "accepted"  # Twilio answered 201 and gave a SID
     FAILED = "failed"  # Twilio refused it permanently (error code and message recorded)
     UNKNOWN = "unknown"  # the request left but no answer came (timeout, 5xx): reconciled before any resend
-    # After a status callback (issue 3): the carrier's verdict on the current attempt.
+    # After a status callback: the carrier's verdict on the current attempt.
     SENT = "sent"  # handed to the carrier, no final receipt yet
     DELIVERED = "delivered"
     UNDELIVERED = "undelivered"

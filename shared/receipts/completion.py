@@ -24,6 +24,7 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broadcasts import store as broadcast_store
 from shared.broadcasts.progress import AWAITING_RECEIPT_STATES, broadcast_progress
 from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
@@ -70,37 +71,19 @@ class CompletedBroadcast:
 def complete_broadcasts(
     session: Session, idle_seconds: float, limit: int = COMPLETION_BATCH_SIZE
 ) -> list[CompletedBroadcast]:
-    """Mark `completed` every unfinished broadcast that is done (caller commits, then notifies)."""
-    rows = session.execute(
-        text(
-            # A canceled broadcast keeps its status (canceled and skipped messages count as final); a scheduled
-            # or paused one is never completed.
-            "UPDATE broadcasts AS b SET status = CASE WHEN b.status = :canceled THEN b.status ELSE :completed END, "
-            "completed_at = now() "
-            "WHERE b.id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL ORDER BY created_at LIMIT :limit "
-            # A broadcast row being recorded is skipped this time, never waited for.
-            "               FOR UPDATE SKIP LOCKED) "
-            "AND b.completed_at IS NULL AND b.status NOT IN (:scheduled, :paused) "
-            "AND NOT EXISTS (SELECT 1 FROM messages m "
-            "                WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:work_left AS text[]))) "
-            "AND (NOT EXISTS (SELECT 1 FROM messages m "
-            "                 WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:awaiting AS text[]))) "
-            "     OR (b.submitted_at IS NOT NULL AND greatest(b.submitted_at, b.last_send_at, b.last_receipt_at) "
-            "         < now() - make_interval(secs => :idle))) "
-            "RETURNING b.id, b.callback_url"
-        ),
-        {
-            "completed": BroadcastStatus.COMPLETED,
-            "canceled": BroadcastStatus.CANCELED,
-            "scheduled": BroadcastStatus.SCHEDULED,
-            "paused": BroadcastStatus.PAUSED,
-            "limit": limit,
-            "work_left": [state.value for state in WORK_LEFT_STATES],
-            "awaiting": [state.value for state in AWAITING_RECEIPT_STATES],
-            "idle": float(idle_seconds),
-        },
-    ).all()
-    return [CompletedBroadcast(row.id, row.callback_url) for row in rows]
+    """Mark `completed` every unfinished broadcast that is done (caller commits, then notifies).
+
+    A canceled broadcast keeps its status (canceled and skipped messages count as final); a scheduled or
+    paused one is never completed; a row being recorded is skipped this time, never waited for.
+    """
+    completed = broadcast_store.complete_finished(
+        session,
+        idle_seconds,
+        limit,
+        work_left_states=[state.value for state in WORK_LEFT_STATES],
+        awaiting_receipt_states=[state.value for state in AWAITING_RECEIPT_STATES],
+    )
+    return [CompletedBroadcast(broadcast_id, callback_url) for broadcast_id, callback_url in completed]
 
 
 # A completed broadcast whose callback was never tried this long after completion lost its task (Redis failed
@@ -241,10 +224,7 @@ def deliver_completion_callback(
             logger.error("broadcast %s: its API key has no signing secret; completion callback dropped", broadcast_id)
             return CallbackAttempt("given_up", row.callback_attempts, "API key without signing secret")
         attempt = row.callback_attempts + 1
-        session.execute(
-            text("UPDATE broadcasts SET callback_attempts = :attempt WHERE id = :id"),
-            {"attempt": attempt, "id": broadcast_id},
-        )
+        broadcast_store.record_callback_attempt(session, broadcast_id, attempt)
         summary = completion_summary(session, broadcast_id)
     assert summary is not None
     body = json.dumps(summary, separators=(",", ":")).encode("utf-8")
@@ -263,7 +243,7 @@ def deliver_completion_callback(
         ok, detail = False, type(error).__name__
     if ok:
         with session_scope(session_factory) as session:
-            session.execute(text("UPDATE broadcasts SET callback_sent_at = now() WHERE id = :id"), {"id": broadcast_id})
+            broadcast_store.mark_callback_sent(session, broadcast_id)
         logger.info("broadcast %s: completion callback delivered (attempt %d)", broadcast_id, attempt)
         return CallbackAttempt("sent", attempt, detail)
     if attempt >= max_attempts:

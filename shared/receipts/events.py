@@ -26,6 +26,10 @@ import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broadcasts import store as broadcast_store
+from shared.compliance.opt_outs import add_opt_outs
+from shared.messages import store as message_store
+from shared.messages.store import AttemptReceipt, ReceiptUpdate
 from shared.platform.db import session_scope
 from shared.platform.metrics import record_applied_callbacks
 from shared.platform.models import UNFINISHED_MESSAGE_STATES, MessageState
@@ -38,7 +42,6 @@ from shared.receipts.status_queue import (
     claim_periodic_pass,
     ensure_consumer_group,
 )
-from shared.sending.chunks import mark_broadcast_submitted_if_finished
 
 logger = logging.getLogger(__name__)
 
@@ -150,19 +153,6 @@ class MessageRow:
     error_code: int | None
 
 
-@dataclass(frozen=True, slots=True)
-class MessageUpdate:
-    id: int
-    state: str
-    twilio_sid: str
-    twilio_status: str
-    error_code: int | None
-    error_message: str | None
-    retry_due_at: datetime | None
-    final_at: datetime | None
-    last_receipt_at: datetime
-
-
 def decide_message_update(
     row: MessageRow,
     report: StatusReport,
@@ -170,7 +160,7 @@ def decide_message_update(
     now: datetime,
     policy: RetryPolicy,
     jitter: Callable[[], float] = lambda: random.uniform(-RETRY_JITTER, RETRY_JITTER),
-) -> MessageUpdate | None:
+) -> ReceiptUpdate | None:
     """What the message becomes after `report` for its current attempt; None if nothing moves forward."""
     if not advances(row.twilio_status, report.status):
         return None
@@ -188,7 +178,7 @@ def decide_message_update(
             final_at = now
     elif state == MessageState.DELIVERED:
         final_at = now
-    return MessageUpdate(
+    return ReceiptUpdate(
         id=row.id,
         state=str(state),
         twilio_sid=report.message_sid,
@@ -393,15 +383,10 @@ def apply_stored_events(
     # Lock order shared with the senders and the sweeper: broadcast rows first (sorted), then message rows.
     involved = set(current) | {message_id for message_id, _ in old}
     broadcast_of = _broadcast_ids(session, involved)
-    broadcast_ids = sorted(set(broadcast_of.values()))
-    if broadcast_ids:
-        session.execute(
-            text("SELECT id FROM broadcasts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"),
-            {"ids": [str(b) for b in broadcast_ids]},
-        )
+    broadcast_store.lock(session, sorted(set(broadcast_of.values())))
     locked = _load_messages(session, list(current), lock=True)
 
-    updates: list[MessageUpdate] = []
+    updates: list[ReceiptUpdate] = []
     applied: list[_StoredEvent] = list(ignored)
     left_unfinished: set[uuid.UUID] = set()
     for message_id, message_events in current.items():
@@ -423,7 +408,7 @@ def apply_stored_events(
         update = decide_message_update(row, folded, received_at, now, policy)
         if update is None and row.twilio_sid is None:
             # Nothing newer than what we know, but the SID is new to us: record it (and leave sending/unknown).
-            update = MessageUpdate(
+            update = ReceiptUpdate(
                 row.id,
                 MessageState.ACCEPTED if row.state in _UNFINISHED else row.state,
                 sid,
@@ -439,7 +424,7 @@ def apply_stored_events(
             report.retries_scheduled += update.state == MessageState.RETRY_SCHEDULED
             if row.state in _UNFINISHED:
                 left_unfinished.add(row.broadcast_id)
-    report.messages_updated = _write_message_updates(session, updates)
+    report.messages_updated = message_store.apply_receipts(session, updates)
 
     for (message_id, attempt_number), attempt_events in old.items():
         applied.extend(attempt_events)
@@ -451,17 +436,9 @@ def apply_stored_events(
         broadcast_id = broadcast_of.get(_target_message_id(event, message_by_sid, attempt_by_sid, url_messages))
         if broadcast_id is not None:
             receipts[broadcast_id] = max(receipts.get(broadcast_id, event.received_at), event.received_at)
-    if receipts:
-        session.execute(
-            text(
-                "UPDATE broadcasts AS b SET last_receipt_at = greatest(b.last_receipt_at, v.received_at) "
-                "FROM unnest(CAST(:ids AS uuid[]), CAST(:received AS timestamptz[])) AS v(id, received_at) "
-                "WHERE b.id = v.id"
-            ),
-            {"ids": [str(b) for b in receipts], "received": list(receipts.values())},
-        )
+    broadcast_store.record_receipt_times(session, receipts)
     for broadcast_id in sorted(left_unfinished):
-        mark_broadcast_submitted_if_finished(session, broadcast_id)
+        broadcast_store.submit_if_finished(session, broadcast_id)
     if applied:
         session.execute(
             text("UPDATE status_events SET applied_at = :now WHERE id = ANY(CAST(:ids AS bigint[]))"),
@@ -514,32 +491,6 @@ def _broadcast_ids(session: Session, message_ids: set[int]) -> dict[int | None, 
     return {row.id: row.broadcast_id for row in rows}
 
 
-def _write_message_updates(session: Session, updates: Sequence[MessageUpdate]) -> int:
-    if not updates:
-        return 0
-    columns: dict[str, list[Any]] = defaultdict(list)
-    for update in updates:
-        for name in MessageUpdate.__slots__:
-            columns[name].append(getattr(update, name))
-    result = session.execute(
-        text(
-            "UPDATE messages AS m SET state = v.state, twilio_sid = v.twilio_sid, twilio_status = v.twilio_status, "
-            "error_code = v.error_code, error_message = coalesce(v.error_message, m.error_message), "
-            "retry_due_at = v.retry_due_at, final_at = coalesce(m.final_at, v.final_at), "
-            "last_receipt_at = greatest(m.last_receipt_at, v.last_receipt_at), "
-            "sent_at = coalesce(m.sent_at, v.last_receipt_at), updated_at = now() "
-            "FROM unnest(CAST(:id AS bigint[]), CAST(:state AS text[]), CAST(:twilio_sid AS text[]), "
-            "CAST(:twilio_status AS text[]), CAST(:error_code AS integer[]), CAST(:error_message AS text[]), "
-            "CAST(:retry_due_at AS timestamptz[]), CAST(:final_at AS timestamptz[]), "
-            "CAST(:last_receipt_at AS timestamptz[])) "
-            "AS v(id, state, twilio_sid, twilio_status, error_code, error_message, retry_due_at, final_at, "
-            "last_receipt_at) WHERE m.id = v.id"
-        ),
-        dict(columns),
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
-
-
 def _apply_to_old_attempt(
     session: Session, message_id: int, attempt_number: int, events: Sequence[_StoredEvent]
 ) -> int:
@@ -548,46 +499,9 @@ def _apply_to_old_attempt(
     folded = fold_events([_as_received(e) for e in events])
     if folded is None:
         return 0
-    session.execute(
-        text(
-            "INSERT INTO message_attempts (message_id, attempt_number, twilio_sid) VALUES (:id, :attempt, :sid) "
-            "ON CONFLICT DO NOTHING"
-        ),
-        {"id": message_id, "attempt": attempt_number, "sid": folded.message_sid},
-    )
-    row = session.execute(
-        text(
-            "SELECT twilio_sid, twilio_status FROM message_attempts "
-            "WHERE message_id = :id AND attempt_number = :attempt FOR UPDATE"
-        ),
-        {"id": message_id, "attempt": attempt_number},
-    ).one_or_none()
-    if row is None or row.twilio_sid not in (None, folded.message_sid):
-        return 0
-    if not advances(row.twilio_status, folded.status):
-        if row.twilio_sid is None:
-            session.execute(
-                text("UPDATE message_attempts SET twilio_sid = :sid WHERE message_id = :id AND attempt_number = :a"),
-                {"sid": folded.message_sid, "id": message_id, "a": attempt_number},
-            )
-        return 0
     final = folded.status in STATUS_RANK and STATUS_RANK[folded.status] >= STATUS_RANK["delivered"]
-    session.execute(
-        text(
-            "UPDATE message_attempts SET twilio_sid = :sid, twilio_status = :status, "
-            "error_code = coalesce(:code, error_code), final_at = CASE WHEN :final THEN coalesce(final_at, now()) "
-            "ELSE final_at END WHERE message_id = :id AND attempt_number = :a"
-        ),
-        {
-            "sid": folded.message_sid,
-            "status": folded.status,
-            "code": folded.error_code,
-            "final": final,
-            "id": message_id,
-            "a": attempt_number,
-        },
-    )
-    return 1
+    receipt = AttemptReceipt(folded.message_sid, folded.status, folded.error_code, final)
+    return message_store.record_old_attempt_receipt(session, message_id, attempt_number, receipt)
 
 
 def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages: dict[int, MessageRow]) -> int:
@@ -600,16 +514,8 @@ def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages:
             number = messages[event.message_id].to_number
         if number:
             numbers.add(number)
-    if not numbers:
-        return 0
-    result = session.execute(
-        text(
-            "INSERT INTO opted_out_numbers (phone_number, source, reason) "
-            "SELECT unnest(CAST(:numbers AS text[])), :source, :reason ON CONFLICT DO NOTHING"
-        ),
-        {"numbers": sorted(numbers), "source": OPT_OUT_SOURCE, "reason": "Twilio error 21610 in a status callback"},
-    )
-    return int(result.rowcount)  # type: ignore[attr-defined]
+    added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE, reason="Twilio error 21610 in a status callback")
+    return len(added.added)
 
 
 # ------------------------------------------------------------------------------------------------ the consumer

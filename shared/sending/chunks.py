@@ -1,9 +1,9 @@
 """Sending one chunk of a broadcast: claim its pending recipients, send them concurrently, record outcomes.
 
-A chunk task claims only rows still `pending` (one UPDATE ... RETURNING), so a redelivered or duplicated task
-finds nothing to do; it holds no database connection while it talks to Twilio and records every outcome in one
-bulk UPDATE guarded by the claim (`state = 'sending' AND attempts = <the claim's attempt>`), so a late writer
-never overwrites what the sweeper decided. docs/sending.md: the state machine and the exactly-once argument.
+The claim and the recording are in shared.sending.claims; this module holds what happens in between: one
+asyncio loop per worker process sends the chunk's messages concurrently inside the global cap on requests in
+flight (shared.sending.concurrency), retrying rate-limited requests with backoff, holding no database
+connection while it talks to Twilio. docs/sending.md: the state machine and the exactly-once argument.
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ import time
 import uuid
 from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, TypeVar
 
 import redis.asyncio
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from tenacity import (
@@ -35,7 +34,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.broadcasts.control import HaltCallable, HaltCheck, cancel_leftovers_of_canceled, prepare_chunk_claim
+from shared.broadcasts.control import HaltCallable, HaltCheck
 from shared.broadcasts.outgoing import OutgoingContent, load_outgoing_content
 from shared.platform.db import create_database_engine, create_session_factory, session_scope
 from shared.platform.metrics import (
@@ -45,8 +44,8 @@ from shared.platform.metrics import (
     MetricsRecorder,
     record_send_metrics,
 )
-from shared.platform.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
 from shared.platform.settings import Settings
+from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
 from shared.twilio.gateway import (
     RATE_LIMITED_REASON,
@@ -65,16 +64,6 @@ T = TypeVar("T")
 # A request is never started so late that it could still be in flight when its claim's lease runs out
 # (see `send_deadline`): this is the extra second of slack on top of the request timeout.
 LEASE_SAFETY_MARGIN_SECONDS = 1.0
-
-UNFINISHED_STATES = [str(state) for state in UNFINISHED_MESSAGE_STATES]
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimedMessage:
-    id: int
-    to_number: str
-    attempts: int  # after the claim: identifies this claim (and goes into the status callback URL)
-    variables: dict[str, str] | None = None  # a template broadcast's values for this recipient
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,160 +175,6 @@ def send_deadline(claimed_at: float, settings: Settings) -> float:
         - settings.twilio_request_timeout_seconds
         - LEASE_SAFETY_MARGIN_SECONDS
     )
-
-
-def claim_pending_messages(
-    session: Session, broadcast_id: uuid.UUID, chunk_number: int, lease_seconds: float, now: datetime | None = None
-) -> list[ClaimedMessage]:
-    """Atomically move this chunk's `pending` rows to `sending` with a lease; two claims never share a row."""
-    # Opt-outs and quiet hours first (shared.broadcasts.control); nothing at all while scheduled/paused/canceled.
-    # `now` (default: the database's) is the quiet-hours clock; tests freeze it.
-    if not prepare_chunk_claim(session, broadcast_id, chunk_number, now):
-        return []
-    # The broadcast row first (only while still queued): the lock order of recording, broadcast then messages.
-    session.execute(
-        text(
-            "UPDATE broadcasts SET status = :sending, first_send_at = coalesce(first_send_at, now()) "
-            "WHERE id = :broadcast_id AND status = :queued"
-        ),
-        {"broadcast_id": broadcast_id, "sending": BroadcastStatus.SENDING, "queued": BroadcastStatus.QUEUED},
-    )
-    rows = session.execute(
-        text(
-            "UPDATE messages SET state = :sending, claimed_until = now() + make_interval(secs => :lease), "
-            "attempts = attempts + 1, updated_at = now() "
-            "WHERE broadcast_id = :broadcast_id AND chunk_number = :chunk_number AND state = :pending "
-            "AND (not_before IS NULL OR not_before <= now()) "
-            "RETURNING id, to_number, attempts, variables"
-        ),
-        {
-            "broadcast_id": broadcast_id,
-            "chunk_number": chunk_number,
-            "lease": float(lease_seconds),
-            "sending": MessageState.SENDING,
-            "pending": MessageState.PENDING,
-        },
-    ).all()
-    return [
-        ClaimedMessage(id=row.id, to_number=row.to_number, attempts=row.attempts, variables=row.variables)
-        for row in rows
-    ]
-
-
-def broadcast_body(session: Session, broadcast_id: uuid.UUID) -> str | None:
-    return session.execute(text("SELECT body FROM broadcasts WHERE id = :id"), {"id": broadcast_id}).scalar()
-
-
-def _outcome_columns(outcome: SendOutcome) -> tuple[str, str | None, str | None, int | None, str | None]:
-    """(state, twilio_sid, twilio_status, error_code, error_message) for one outcome."""
-    if isinstance(outcome, Accepted):
-        return MessageState.ACCEPTED, outcome.sid, outcome.status, None, None
-    if isinstance(outcome, Permanent):
-        return MessageState.FAILED, None, None, outcome.code, outcome.message
-    if isinstance(outcome, Ambiguous):
-        return MessageState.UNKNOWN, None, None, None, outcome.reason
-    return MessageState.PENDING, None, None, None, f"released after retries: {outcome.reason}"
-
-
-def record_send_outcomes(
-    session: Session, broadcast_id: uuid.UUID, results: Sequence[tuple[ClaimedMessage, SendOutcome]]
-) -> int:
-    """Write every outcome in one UPDATE, only over rows this claim still owns; returns the rows written.
-
-    Also stamps the broadcast's `last_send_at` and marks it `submitted` when nothing is left unfinished.
-    """
-    # Lock the broadcast row first: recorders of one broadcast then take turns, so the "nothing unfinished"
-    # check below always sees the other recorders' committed rows and the last one marks the broadcast.
-    session.execute(text("UPDATE broadcasts SET last_send_at = now() WHERE id = :id"), {"id": broadcast_id})
-    written = 0
-    if results:
-        columns: list[list[Any]] = [[], [], [], [], [], [], []]
-        for message, outcome in results:
-            state, sid, twilio_status, error_code, error_message = _outcome_columns(outcome)
-            for column, value in zip(
-                columns,
-                (message.id, message.attempts, str(state), sid, twilio_status, error_code, error_message),
-                strict=True,
-            ):
-                column.append(value)
-        written = session.execute(
-            text(
-                "UPDATE messages AS m SET state = v.state, twilio_sid = v.twilio_sid, "
-                "twilio_status = v.twilio_status, error_code = v.error_code, "
-                "error_message = v.error_message, "
-                "sent_at = CASE WHEN v.state = :accepted THEN now() ELSE m.sent_at END, "
-                "final_at = CASE WHEN v.state = :failed THEN now() ELSE m.final_at END, "
-                "claimed_until = CASE WHEN v.state = :pending THEN NULL ELSE m.claimed_until END, "
-                "updated_at = now() "
-                "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:states AS text[]), "
-                "CAST(:sids AS text[]), CAST(:twilio_statuses AS text[]), CAST(:error_codes AS integer[]), "
-                "CAST(:error_messages AS text[])) "
-                "AS v(id, attempts, state, twilio_sid, twilio_status, error_code, error_message) "
-                "WHERE m.id = v.id AND m.state = :sending AND m.attempts = v.attempts"
-            ),
-            {
-                "ids": columns[0],
-                "attempts": columns[1],
-                "states": columns[2],
-                "sids": columns[3],
-                "twilio_statuses": columns[4],
-                "error_codes": columns[5],
-                "error_messages": columns[6],
-                "accepted": MessageState.ACCEPTED,
-                "failed": MessageState.FAILED,
-                "pending": MessageState.PENDING,
-                "sending": MessageState.SENDING,
-            },
-        ).rowcount  # type: ignore[attr-defined]
-        record_opted_out_numbers(session, results)
-        released_ids = [message.id for message, outcome in results if isinstance(outcome, Retryable)]
-        cancel_leftovers_of_canceled(session, broadcast_id, released_ids)
-    mark_broadcast_submitted_if_finished(session, broadcast_id)
-    return int(written)
-
-
-# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
-OPTED_OUT_SEND_ERROR_CODE = 21610
-OPT_OUT_SOURCE_SEND = "send_21610"
-
-
-def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> int:
-    """Add the numbers Twilio refused with 21610 to `opted_out_numbers` (already there: left as is)."""
-    numbers = sorted(
-        {
-            message.to_number
-            for message, outcome in results
-            if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
-        }
-    )
-    if not numbers:
-        return 0
-    inserted = session.execute(
-        text(
-            "INSERT INTO opted_out_numbers (phone_number, source, reason) "
-            "SELECT unnest(CAST(:numbers AS text[])), :source, :reason ON CONFLICT DO NOTHING"
-        ),
-        {"numbers": numbers, "source": OPT_OUT_SOURCE_SEND, "reason": "Twilio refused the send with error 21610"},
-    ).rowcount  # type: ignore[attr-defined]
-    return int(inserted)
-
-
-def mark_broadcast_submitted_if_finished(session: Session, broadcast_id: uuid.UUID) -> bool:
-    """Set `submitted` once no message of the broadcast is pending, sending or unknown (lock it first)."""
-    updated = session.execute(
-        text(
-            "UPDATE broadcasts SET status = :submitted, submitted_at = now() "
-            "WHERE id = :id AND status <> :submitted AND status <> :canceled AND NOT EXISTS ("
-            "  SELECT 1 FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:unfinished AS text[])))"
-        ),
-        {
-            "id": broadcast_id,
-            "submitted": BroadcastStatus.SUBMITTED,
-            "canceled": BroadcastStatus.CANCELED,
-            "unfinished": UNFINISHED_STATES,
-        },
-    ).rowcount  # type: ignore[attr-defined]
-    return bool(updated)
 
 
 class _stop_at_deadline(stop_base):

@@ -24,13 +24,14 @@ from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.broadcasts.control import cancel_leftovers_of_canceled
+from shared.broadcasts import store as broadcast_store
 from shared.broadcasts.templates import parse_template
 from shared.compliance.phone_numbers import mask_phone_number
+from shared.messages import store as message_store
 from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
 from shared.platform.task_queue import SEND_QUEUE, enqueue_chunks
-from shared.sending.chunks import SendingResources, mark_broadcast_submitted_if_finished
+from shared.sending.chunks import SendingResources
 from shared.sending.concurrency import SlotPool
 from shared.twilio.gateway import TwilioLookupError
 
@@ -96,7 +97,7 @@ def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_secon
         ).scalars()
         chunk_numbers = list(chunks)
         enqueue_chunks(app, broadcast_id, chunk_numbers)
-        session.execute(text("UPDATE broadcasts SET enqueued_at = now() WHERE id = :id"), {"id": broadcast_id})
+        broadcast_store.mark_enqueued(session, broadcast_id)
         logger.warning("broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(chunk_numbers))
         count += 1
     return count
@@ -204,8 +205,8 @@ def _apply_reconciliation(
     found: list[tuple[_Suspect, Candidates]],
     released: list[_Suspect],
 ) -> tuple[int, int, bool]:
-    # Broadcast row first: the same lock order as the recorders (shared.sending.chunks), so no deadlock with them.
-    session.execute(text("SELECT 1 FROM broadcasts WHERE id = :id FOR UPDATE"), {"id": broadcast_id})
+    # Broadcast row first: the same lock order as the recorders (shared.sending.claims), so no deadlock with them.
+    broadcast_store.lock(session, [broadcast_id])
     accepted_count = released_count = 0
     for suspect, candidates in found:
         # A SID already on another row is that row's message (same number and body), not this one's.
@@ -220,38 +221,16 @@ def _apply_reconciliation(
             released.append(suspect)
             continue
         sid, twilio_status = match
-        accepted_count += session.execute(
-            text(
-                "UPDATE messages SET state = :accepted, twilio_sid = :sid, twilio_status = :twilio_status, "
-                "error_code = NULL, error_message = NULL, sent_at = coalesce(sent_at, now()), "
-                "updated_at = now() "
-                "WHERE id = :id AND state = :state AND attempts = :attempts"
-            ),
-            {
-                "accepted": MessageState.ACCEPTED,
-                "sid": sid,
-                "twilio_status": twilio_status or "accepted",
-                "id": suspect.id,
-                "state": suspect.state,
-                "attempts": suspect.attempts,
-            },
-        ).rowcount  # type: ignore[attr-defined]
+        accepted_count += message_store.reconcile_found(
+            session, suspect.id, suspect.state, suspect.attempts, sid, twilio_status or "accepted"
+        )
     for suspect in released:
-        released_count += session.execute(
-            text(
-                "UPDATE messages SET state = :pending, claimed_until = NULL, updated_at = now(), "
-                "error_message = :reason WHERE id = :id AND state = :state AND attempts = :attempts"
-            ),
-            {
-                "pending": MessageState.PENDING,
-                "reason": f"not found at Twilio after the {suspect.state} claim expired; sending again",
-                "id": suspect.id,
-                "state": suspect.state,
-                "attempts": suspect.attempts,
-            },
-        ).rowcount  # type: ignore[attr-defined]
-    cancel_leftovers_of_canceled(session, broadcast_id, [suspect.id for suspect in released])
-    submitted = mark_broadcast_submitted_if_finished(session, broadcast_id)
+        reason = f"not found at Twilio after the {suspect.state} claim expired; sending again"
+        released_count += message_store.reconcile_not_found(
+            session, suspect.id, suspect.state, suspect.attempts, reason
+        )
+    message_store.cancel_if_broadcast_canceled(session, broadcast_id, [suspect.id for suspect in released])
+    submitted = broadcast_store.submit_if_finished(session, broadcast_id)
     return accepted_count, released_count, submitted
 
 

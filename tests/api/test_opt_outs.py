@@ -13,7 +13,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.platform.settings import Settings
-from shared.sending.chunks import ClaimedMessage, record_opted_out_numbers
+from shared.sending.claims import ClaimedMessage, record_opted_out_numbers
 from shared.twilio.gateway import Permanent
 from tests.status_callbacks import twilio_signature
 

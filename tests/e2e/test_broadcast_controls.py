@@ -1,4 +1,4 @@
-"""Whole flows for issue 4 through real workers, beat and the simulator: scheduled release, pause and resume with
+"""Broadcast control through real workers, beat and the simulator: scheduled release, pause and resume with
 every recipient sent exactly once, cancel mid-broadcast, and opt-outs (at intake and mid-broadcast)."""
 
 from __future__ import annotations

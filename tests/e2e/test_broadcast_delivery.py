@@ -213,12 +213,22 @@ def test_redis_restarted_mid_broadcast_the_broadcast_still_finishes(
 
     processes = WorkerProcesses(settings, artifacts_directory)
     try:
-        processes.start_worker("worker-redis-restart")
+        worker = processes.start_worker("worker-redis-restart")
         processes.start_beat()
         wait_until(lambda: accepted_count(engine, intake["id"]) >= 300, 90, message="sending to start")
         private_redis.restart()
         assert accepted_count(engine, intake["id"]) < total, "finished before the restart: the test proves nothing"
-        wait_until_submitted(client, key, intake["id"], timeout_seconds=240)
+
+        def submitted_under_a_supervisor() -> bool:
+            # Celery's Redis transport can exit the worker with "Unrecoverable error" when the broker goes away
+            # while it restores unacknowledged tasks (a race in kombu); production runs workers under a
+            # supervisor that starts them again (compose: `restart: unless-stopped`), and so does this test.
+            nonlocal worker
+            if not worker.running:
+                worker = processes.start_worker("worker-redis-restart-again")
+            return broadcast_view(client, key, intake["id"])["status"] == "submitted"
+
+        wait_until(submitted_under_a_supervisor, 240, interval=0.5, message="the broadcast submitted")
     finally:
         processes.stop_all()
 

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 from shared.broadcasts.control import cancel_broadcast, pause_broadcast
 from shared.compliance.opt_outs import SOURCE_API, add_opt_outs, classify_reply
-from shared.sending.chunks import claim_pending_messages
+from shared.sending.claims import claim_pending_messages
 from tests.factories import create_broadcast, messages_of, numbers
 
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from shared.compliance.quiet_hours import QuietHours, count_deferred, not_before_for, parse_hh_mm, zones_for_number
 from shared.platform.models import Broadcast
-from shared.sending.chunks import claim_pending_messages
+from shared.sending.claims import claim_pending_messages
 from tests.factories import create_broadcast, messages_of
 
 NIGHT = QuietHours.parse("21:00", "08:00")

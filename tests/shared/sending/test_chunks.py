@@ -13,13 +13,8 @@ from sqlalchemy.orm import Session
 from shared.platform.db import create_session_factory, session_scope
 from shared.platform.models import BroadcastStatus, MessageState
 from shared.platform.settings import Settings
-from shared.sending.chunks import (
-    ClaimedMessage,
-    SendingResources,
-    claim_pending_messages,
-    record_send_outcomes,
-    send_chunk,
-)
+from shared.sending.chunks import SendingResources, send_chunk
+from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.twilio.gateway import Accepted
 from tests.factories import broadcast_of, create_broadcast, messages_of, numbers, states_of
 

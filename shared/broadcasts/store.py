@@ -1,0 +1,310 @@
+"""The broadcast store: the only code that changes a broadcast's status, and every later write to its row.
+
+Intake inserts the row (status from `initial_status`); from then on status moves only through the named
+transitions here, checked against one table, `BROADCAST_TRANSITIONS` (from-status, event, to-status). Moves
+the API asks for (pause, resume, cancel, reschedule) raise `InvalidTransitionError` (a 409) when the table
+does not allow them; moves the pipeline makes (start sending, submit, complete, release a schedule) only touch
+rows in a legal source status, in their SQL. docs/architecture.md draws the table.
+
+Lock order, everywhere: broadcast rows first (several: sorted by id), then their message rows.
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.platform.models import UNFINISHED_MESSAGE_STATES, Broadcast, BroadcastStatus
+
+B = BroadcastStatus
+
+
+class BroadcastEvent(enum.StrEnum):
+    RELEASE_SCHEDULE = "release_schedule"  # its send_at has come (beat)
+    RESCHEDULE = "reschedule"  # a new send_at (API)
+    START_SENDING = "start_sending"  # the first chunk claims recipients
+    SUBMIT = "submit"  # every recipient has a Twilio outcome
+    PAUSE = "pause"  # API
+    RESUME = "resume"  # API: back to sending, or queued when nothing was sent yet
+    CANCEL = "cancel"  # API
+    COMPLETE = "complete"  # every message final, or no receipt for COMPLETION_IDLE_SECONDS (beat)
+
+
+BROADCAST_TRANSITIONS: tuple[tuple[BroadcastStatus, BroadcastEvent, BroadcastStatus], ...] = (
+    (B.SCHEDULED, BroadcastEvent.RELEASE_SCHEDULE, B.QUEUED),
+    (B.SCHEDULED, BroadcastEvent.RESCHEDULE, B.SCHEDULED),
+    (B.QUEUED, BroadcastEvent.START_SENDING, B.SENDING),
+    (B.QUEUED, BroadcastEvent.SUBMIT, B.SUBMITTED),
+    (B.SENDING, BroadcastEvent.SUBMIT, B.SUBMITTED),
+    (B.PAUSED, BroadcastEvent.SUBMIT, B.SUBMITTED),  # the requests in flight at the pause were the last ones
+    (B.QUEUED, BroadcastEvent.PAUSE, B.PAUSED),
+    (B.SENDING, BroadcastEvent.PAUSE, B.PAUSED),
+    (B.PAUSED, BroadcastEvent.RESUME, B.SENDING),
+    (B.PAUSED, BroadcastEvent.RESUME, B.QUEUED),
+    (B.SCHEDULED, BroadcastEvent.CANCEL, B.CANCELED),
+    (B.QUEUED, BroadcastEvent.CANCEL, B.CANCELED),
+    (B.SENDING, BroadcastEvent.CANCEL, B.CANCELED),
+    (B.PAUSED, BroadcastEvent.CANCEL, B.CANCELED),
+    (B.QUEUED, BroadcastEvent.COMPLETE, B.COMPLETED),
+    (B.SENDING, BroadcastEvent.COMPLETE, B.COMPLETED),
+    (B.SUBMITTED, BroadcastEvent.COMPLETE, B.COMPLETED),
+    (B.CANCELED, BroadcastEvent.COMPLETE, B.CANCELED),  # keeps its status; gets completed_at and the callback
+)
+
+# How the API words each move in a refusal: "A broadcast that is completed cannot be paused; ..."
+_ACTION_WORDS = {
+    BroadcastEvent.PAUSE: "paused",
+    BroadcastEvent.RESUME: "resumed",
+    BroadcastEvent.CANCEL: "canceled",
+    BroadcastEvent.RESCHEDULE: "rescheduled",
+}
+
+
+def sources_of(event: BroadcastEvent) -> list[str]:
+    """The statuses a broadcast may have for `event` to apply (as SQL parameters), in the table's order."""
+    ordered: list[str] = []
+    for source, name, _ in BROADCAST_TRANSITIONS:
+        if name == event and source.value not in ordered:
+            ordered.append(source.value)
+    return ordered
+
+
+def targets_of(event: BroadcastEvent) -> frozenset[str]:
+    return frozenset(target.value for _, name, target in BROADCAST_TRANSITIONS if name == event)
+
+
+class InvalidTransitionError(Exception):
+    """The broadcast's status does not allow the move the caller asked for; nothing changed."""
+
+    def __init__(self, action: str, status: str, allowed: Sequence[str]) -> None:
+        super().__init__(
+            f"A broadcast that is {status} cannot be {action}; only one that is {' or '.join(allowed)} can."
+        )
+        self.action = action
+        self.status = status
+
+
+# Statuses whose pending rows a chunk may claim. `submitted` too: a delivery retry (30003/30008) is released
+# back to `pending` after every recipient had its first outcome, and must still be sent.
+SENDABLE_STATUSES = (B.QUEUED, B.SENDING, B.SUBMITTED)
+
+
+def initial_status(send_at: datetime | None) -> BroadcastStatus:
+    """The status intake stores: scheduled for a future `send_at`, queued otherwise."""
+    return B.SCHEDULED if send_at is not None else B.QUEUED
+
+
+def _rowcount(result: Any) -> int:
+    return int(result.rowcount)
+
+
+# --------------------------------------------------------------------------------- moves the API asks for
+
+
+def _lock(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    broadcast = session.get(Broadcast, broadcast_id, with_for_update=True, populate_existing=True)
+    assert broadcast is not None
+    return broadcast
+
+
+def _require(broadcast: Broadcast, event: BroadcastEvent) -> None:
+    allowed = sources_of(event)
+    if broadcast.status not in allowed:
+        raise InvalidTransitionError(_ACTION_WORDS[event], broadcast.status, allowed)
+
+
+def _now(session: Session) -> datetime:
+    now: datetime = session.execute(text("SELECT now()")).scalar_one()
+    return now
+
+
+def pause(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    """queued | sending -> paused (the caller commits)."""
+    broadcast = _lock(session, broadcast_id)
+    _require(broadcast, BroadcastEvent.PAUSE)
+    broadcast.status = B.PAUSED
+    broadcast.paused_at = _now(session)
+    return broadcast
+
+
+def resume(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    """paused -> sending, or queued when nothing was sent yet (the caller commits)."""
+    broadcast = _lock(session, broadcast_id)
+    _require(broadcast, BroadcastEvent.RESUME)
+    broadcast.status = B.SENDING if broadcast.first_send_at else B.QUEUED
+    broadcast.paused_at = None
+    return broadcast
+
+
+def cancel(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
+    """scheduled | queued | sending | paused -> canceled (the caller cancels the messages, then commits)."""
+    broadcast = _lock(session, broadcast_id)
+    _require(broadcast, BroadcastEvent.CANCEL)
+    broadcast.status = B.CANCELED
+    broadcast.canceled_at = _now(session)
+    return broadcast
+
+
+def reschedule(session: Session, broadcast_id: uuid.UUID, send_at: datetime) -> Broadcast:
+    """A scheduled broadcast gets a new `send_at` (the caller commits)."""
+    broadcast = _lock(session, broadcast_id)
+    _require(broadcast, BroadcastEvent.RESCHEDULE)
+    broadcast.send_at = send_at
+    return broadcast
+
+
+# ------------------------------------------------------------------------------ moves the pipeline makes
+
+
+def release_scheduled(session: Session, now: datetime | None, limit: int = 100) -> list[uuid.UUID]:
+    """scheduled -> queued for broadcasts whose send_at has come; returns their ids (the caller commits)."""
+    rows = session.execute(
+        text(
+            "UPDATE broadcasts SET status = :queued WHERE id IN ("
+            "  SELECT id FROM broadcasts WHERE status = ANY(CAST(:sources AS text[])) "
+            "  AND send_at <= coalesce(:now, now()) ORDER BY send_at LIMIT :limit FOR UPDATE SKIP LOCKED) "
+            "RETURNING id"
+        ),
+        {"queued": B.QUEUED, "sources": sources_of(BroadcastEvent.RELEASE_SCHEDULE), "now": now, "limit": limit},
+    ).scalars()
+    return list(rows)
+
+
+def start_sending(session: Session, broadcast_id: uuid.UUID) -> bool:
+    """queued -> sending at a chunk's claim, stamping `first_send_at`; locks the row (lock order: broadcast
+    first, then messages)."""
+    result = session.execute(
+        text(
+            "UPDATE broadcasts SET status = :sending, first_send_at = coalesce(first_send_at, now()) "
+            "WHERE id = :broadcast_id AND status = ANY(CAST(:sources AS text[]))"
+        ),
+        {"broadcast_id": broadcast_id, "sending": B.SENDING, "sources": sources_of(BroadcastEvent.START_SENDING)},
+    )
+    return bool(_rowcount(result))
+
+
+def lock_for_recording(session: Session, broadcast_id: uuid.UUID) -> None:
+    """Lock the row before a chunk's outcomes are written (and stamp `last_send_at`): recorders of one
+    broadcast then take turns, so the last one sees every other's committed rows when it checks `submit`."""
+    session.execute(text("UPDATE broadcasts SET last_send_at = now() WHERE id = :id"), {"id": broadcast_id})
+
+
+def lock(session: Session, broadcast_ids: Sequence[uuid.UUID]) -> None:
+    """Lock broadcast rows in id order before touching their messages (the service-wide lock order)."""
+    if broadcast_ids:
+        session.execute(
+            text("SELECT id FROM broadcasts WHERE id = ANY(CAST(:ids AS uuid[])) ORDER BY id FOR UPDATE"),
+            {"ids": sorted(str(broadcast_id) for broadcast_id in broadcast_ids)},
+        )
+
+
+def submit_if_finished(session: Session, broadcast_id: uuid.UUID) -> bool:
+    """queued | sending | paused -> submitted once no message is pending, sending or unknown (every recipient
+    has a Twilio outcome). Call it with the broadcast row locked."""
+    result = session.execute(
+        text(
+            "UPDATE broadcasts SET status = :submitted, submitted_at = now() "
+            "WHERE id = :id AND status = ANY(CAST(:sources AS text[])) AND NOT EXISTS ("
+            "  SELECT 1 FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:unfinished AS text[])))"
+        ),
+        {
+            "id": broadcast_id,
+            "submitted": B.SUBMITTED,
+            "sources": sources_of(BroadcastEvent.SUBMIT),
+            "unfinished": [state.value for state in UNFINISHED_MESSAGE_STATES],
+        },
+    )
+    return bool(_rowcount(result))
+
+
+def complete_finished(
+    session: Session,
+    idle_seconds: float,
+    limit: int,
+    work_left_states: Sequence[str],
+    awaiting_receipt_states: Sequence[str],
+) -> list[tuple[uuid.UUID, str | None]]:
+    """-> completed (a canceled one keeps its status) for every unfinished broadcast with no message in
+    `work_left_states` and either none awaiting a receipt or no receipt for `idle_seconds` since it was
+    submitted; returns (id, callback_url) of each (the caller commits, then notifies)."""
+    rows = session.execute(
+        text(
+            "UPDATE broadcasts AS b SET status = CASE WHEN b.status = :canceled THEN b.status ELSE :completed END, "
+            "completed_at = now() "
+            "WHERE b.id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL ORDER BY created_at LIMIT :limit "
+            # A broadcast row being recorded is skipped this time, never waited for.
+            "               FOR UPDATE SKIP LOCKED) "
+            "AND b.completed_at IS NULL AND b.status = ANY(CAST(:sources AS text[])) "
+            "AND NOT EXISTS (SELECT 1 FROM messages m "
+            "                WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:work_left AS text[]))) "
+            "AND (NOT EXISTS (SELECT 1 FROM messages m "
+            "                 WHERE m.broadcast_id = b.id AND m.state = ANY(CAST(:awaiting AS text[]))) "
+            "     OR (b.submitted_at IS NOT NULL AND greatest(b.submitted_at, b.last_send_at, b.last_receipt_at) "
+            "         < now() - make_interval(secs => :idle))) "
+            "RETURNING b.id, b.callback_url"
+        ),
+        {
+            "completed": B.COMPLETED,
+            "canceled": B.CANCELED,
+            "sources": sources_of(BroadcastEvent.COMPLETE),
+            "limit": limit,
+            "work_left": list(work_left_states),
+            "awaiting": list(awaiting_receipt_states),
+            "idle": float(idle_seconds),
+        },
+    ).all()
+    return [(row.id, row.callback_url) for row in rows]
+
+
+# ------------------------------------------------------------------------------------ other columns of the row
+
+
+def mark_enqueued(session: Session, broadcast_id: uuid.UUID, *, only_if_unset: bool = False) -> bool:
+    """Stamp `enqueued_at`: every chunk task has been handed to the broker."""
+    result = session.execute(
+        text(
+            "UPDATE broadcasts SET enqueued_at = now() WHERE id = :id AND (NOT :only_if_unset OR enqueued_at IS NULL)"
+        ),
+        {"id": broadcast_id, "only_if_unset": only_if_unset},
+    )
+    return bool(_rowcount(result))
+
+
+def record_intake_counts(session: Session, broadcast: Broadcast, opted_out: int, deferred: int) -> None:
+    """The recipients intake found opted out, and those quiet hours would defer at send time."""
+    session.execute(
+        text("UPDATE broadcasts SET recipients_opted_out = :opted_out, recipients_deferred = :deferred WHERE id = :id"),
+        {"opted_out": opted_out, "deferred": deferred, "id": broadcast.id},
+    )
+    broadcast.recipients_opted_out = opted_out
+    broadcast.recipients_deferred = deferred
+
+
+def record_receipt_times(session: Session, latest_by_broadcast: Mapping[uuid.UUID, datetime]) -> None:
+    """Move each broadcast's `last_receipt_at` forward to the latest receipt applied for it."""
+    if latest_by_broadcast:
+        session.execute(
+            text(
+                "UPDATE broadcasts AS b SET last_receipt_at = greatest(b.last_receipt_at, v.received_at) "
+                "FROM unnest(CAST(:ids AS uuid[]), CAST(:received AS timestamptz[])) AS v(id, received_at) "
+                "WHERE b.id = v.id"
+            ),
+            {"ids": [str(b) for b in latest_by_broadcast], "received": list(latest_by_broadcast.values())},
+        )
+
+
+def record_callback_attempt(session: Session, broadcast_id: uuid.UUID, attempt: int) -> None:
+    session.execute(
+        text("UPDATE broadcasts SET callback_attempts = :attempt WHERE id = :id"),
+        {"attempt": attempt, "id": broadcast_id},
+    )
+
+
+def mark_callback_sent(session: Session, broadcast_id: uuid.UUID) -> None:
+    session.execute(text("UPDATE broadcasts SET callback_sent_at = now() WHERE id = :id"), {"id": broadcast_id})

@@ -1,0 +1,114 @@
+"""Claiming a chunk's recipients before a send, and recording what Twilio answered for each claim.
+
+A chunk task claims only rows still `pending` (one UPDATE ... RETURNING in the message store), so a
+redelivered or duplicated task finds nothing to do. Before the claim the chunk's rows are checked against the
+suppression list and quiet hours, and nothing is claimed while the broadcast is scheduled, paused, canceled or
+done. Outcomes are written in one bulk UPDATE guarded by the claim (`state = 'sending' AND attempts = <the
+claim's attempt>`), so a late writer never overwrites what the sweeper decided. docs/sending.md: the state
+machine and the exactly-once argument.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from shared.broadcasts import store as broadcast_store
+from shared.compliance.opt_outs import add_opt_outs, skip_opted_out_in_chunk
+from shared.compliance.quiet_hours import QuietHours, defer_quiet_rows
+from shared.messages import store as message_store
+from shared.messages.store import ClaimedMessage, SendRecord
+from shared.platform.models import MessageState
+from shared.twilio.gateway import Accepted, Ambiguous, Permanent, Retryable, SendOutcome
+
+__all__ = ["ClaimedMessage", "claim_pending_messages", "record_send_outcomes"]
+
+
+def prepare_chunk_claim(
+    session: Session, broadcast_id: uuid.UUID, chunk_number: int, now: datetime | None = None
+) -> bool:
+    """Before a chunk's claim: False when the broadcast may not send now (scheduled, paused, canceled, done);
+    otherwise skip rows whose number opted out and defer rows inside quiet hours (set-based, per chunk)."""
+    row = session.execute(
+        text("SELECT status, quiet_hours_start, quiet_hours_end FROM broadcasts WHERE id = :id"),
+        {"id": broadcast_id},
+    ).one_or_none()
+    if row is None or row.status not in broadcast_store.SENDABLE_STATUSES:
+        return False
+    skip_opted_out_in_chunk(session, broadcast_id, chunk_number)
+    quiet = QuietHours.of(row.quiet_hours_start, row.quiet_hours_end)
+    if quiet is not None:
+        current = now or session.execute(text("SELECT now()")).scalar_one()
+        defer_quiet_rows(session, broadcast_id, chunk_number, quiet, current)
+    return True
+
+
+def claim_pending_messages(
+    session: Session, broadcast_id: uuid.UUID, chunk_number: int, lease_seconds: float, now: datetime | None = None
+) -> list[ClaimedMessage]:
+    """Atomically move this chunk's `pending` rows to `sending` with a lease; two claims never share a row.
+
+    `now` (default: the database's) is the quiet-hours clock; tests freeze it.
+    """
+    if not prepare_chunk_claim(session, broadcast_id, chunk_number, now):
+        return []
+    # The broadcast row first (queued -> sending the first time): the lock order of recording, broadcast then
+    # messages.
+    broadcast_store.start_sending(session, broadcast_id)
+    return message_store.claim(session, broadcast_id, chunk_number, lease_seconds)
+
+
+def send_record(message: ClaimedMessage, outcome: SendOutcome) -> SendRecord:
+    """What the message store writes for one claimed message after Twilio's answer (or its absence)."""
+    if isinstance(outcome, Accepted):
+        return SendRecord(message.id, message.attempts, MessageState.ACCEPTED, outcome.sid, outcome.status)
+    if isinstance(outcome, Permanent):
+        return SendRecord(
+            message.id, message.attempts, MessageState.FAILED, error_code=outcome.code, error_message=outcome.message
+        )
+    if isinstance(outcome, Ambiguous):
+        return SendRecord(message.id, message.attempts, MessageState.UNKNOWN, error_message=outcome.reason)
+    return SendRecord(
+        message.id, message.attempts, MessageState.PENDING, error_message=f"released after retries: {outcome.reason}"
+    )
+
+
+def record_send_outcomes(
+    session: Session, broadcast_id: uuid.UUID, results: Sequence[tuple[ClaimedMessage, SendOutcome]]
+) -> int:
+    """Write every outcome in one UPDATE, only over rows this claim still owns; returns the rows written.
+
+    Also stamps the broadcast's `last_send_at` and marks it `submitted` when nothing is left unfinished.
+    """
+    # Lock the broadcast row first: recorders of one broadcast then take turns, so the "nothing unfinished"
+    # check below always sees the other recorders' committed rows and the last one marks the broadcast.
+    broadcast_store.lock_for_recording(session, broadcast_id)
+    written = 0
+    if results:
+        written = message_store.record_send_outcomes(session, [send_record(m, o) for m, o in results])
+        record_opted_out_numbers(session, results)
+        released_ids = [message.id for message, outcome in results if isinstance(outcome, Retryable)]
+        message_store.cancel_if_broadcast_canceled(session, broadcast_id, released_ids)
+    broadcast_store.submit_if_finished(session, broadcast_id)
+    return written
+
+
+# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
+OPTED_OUT_SEND_ERROR_CODE = 21610
+OPT_OUT_SOURCE_SEND = "send_21610"
+
+
+def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> int:
+    """Add the numbers Twilio refused with 21610 to `opted_out_numbers` (already there: left as is)."""
+    numbers = {
+        message.to_number
+        for message, outcome in results
+        if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
+    }
+    reason = "Twilio refused the send with error 21610"
+    added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE_SEND, reason=reason)
+    return len(added.added)
