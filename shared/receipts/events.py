@@ -76,13 +76,15 @@ class ReceivedEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class DeliveryRetryPolicy:
+    """When an undelivered / failed receipt earns a new attempt (DELIVERY_RETRY_* settings)."""
+
     retry_codes: frozenset[int]
     max_attempts: int
     base_seconds: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> DeliveryRetryPolicy:
         return cls(
             settings.delivery_retry_codes, settings.delivery_retry_max_attempts, settings.delivery_retry_base_seconds
         )
@@ -168,7 +170,7 @@ def decide_message_update(
     report: StatusReport,
     received_at: datetime,
     now: datetime,
-    policy: RetryPolicy,
+    policy: DeliveryRetryPolicy,
     jitter: Callable[[], float] = lambda: random.uniform(-RETRY_JITTER, RETRY_JITTER),
 ) -> MessageUpdate | None:
     """What the message becomes after `report` for its current attempt; None if nothing moves forward."""
@@ -243,7 +245,7 @@ def apply_status_events(
     """Store one batch of queued callbacks and apply them; the caller commits (then acknowledges the batch)."""
     events = [event for event in map(parse_callback, callbacks) if event is not None]
     event_ids = store_events(session, events)
-    report = apply_stored_events(session, event_ids, RetryPolicy.from_settings(settings), now)
+    report = apply_stored_events(session, event_ids, DeliveryRetryPolicy.from_settings(settings), now)
     report.stored = len(event_ids)
     return report
 
@@ -300,7 +302,7 @@ def apply_unapplied_events(
 ) -> ApplyReport:
     """Retry events that matched nothing when they arrived (their message may exist now), oldest first."""
     report = ApplyReport()
-    policy = RetryPolicy.from_settings(settings)
+    policy = DeliveryRetryPolicy.from_settings(settings)
     after_id = 0
     for _ in range(max_pages):
         ids = list(
@@ -322,7 +324,7 @@ def apply_unapplied_events(
 
 
 def apply_stored_events(
-    session: Session, event_ids: Sequence[int], policy: RetryPolicy, now: datetime | None = None
+    session: Session, event_ids: Sequence[int], policy: DeliveryRetryPolicy, now: datetime | None = None
 ) -> ApplyReport:
     """Apply stored, unapplied events to their messages (current attempt) or archived attempts."""
     report = ApplyReport()

@@ -14,8 +14,8 @@ from shared.platform.models import Message, MessageAttempt, MessageState, OptedO
 from shared.platform.settings import Settings
 from shared.receipts.delivery_status import StatusReport
 from shared.receipts.events import (
+    DeliveryRetryPolicy,
     MessageRow,
-    RetryPolicy,
     apply_status_events,
     apply_unapplied_events,
     decide_message_update,
@@ -54,7 +54,7 @@ def test_retry_delay_grows_four_times_per_attempt(attempts: int, jitter: float, 
     assert retry_delay_seconds(attempts, 60.0, jitter) == pytest.approx(expected)
 
 
-POLICY = RetryPolicy(retry_codes=frozenset({30003, 30008}), max_attempts=3, base_seconds=60.0)
+POLICY = DeliveryRetryPolicy(retry_codes=frozenset({30003, 30008}), max_attempts=3, base_seconds=60.0)
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
