@@ -39,10 +39,10 @@ from shared.receipts.status_queue import (
     ensure_consumer_group,
 )
 from shared.sending.chunks import mark_broadcast_submitted_if_finished
+from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 
 logger = logging.getLogger(__name__)
 
-OPTED_OUT_ERROR_CODE = 21610
 OPT_OUT_SOURCE = "callback_21610"
 RETRY_JITTER = 0.2  # ± 20 % on every delivery retry delay
 # Consumers draining the stream at once (each holds one slot); more gain little, as batches of one broadcast
@@ -595,7 +595,7 @@ def _apply_to_old_attempt(
 def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages: dict[int, MessageRow]) -> int:
     numbers: set[str] = set()
     for event in events:
-        if event.error_code != OPTED_OUT_ERROR_CODE:
+        if event.error_code not in CALLBACK_OPT_OUT_CODES:
             continue
         number = event.to_number if event.to_number and _E164.fullmatch(event.to_number) else None
         if number is None and event.message_id in messages:

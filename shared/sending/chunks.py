@@ -48,6 +48,7 @@ from shared.platform.metrics import (
 from shared.platform.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
 from shared.platform.settings import Settings
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
+from shared.twilio.error_codes import SEND_OPT_OUT_CODES
 from shared.twilio.gateway import (
     RATE_LIMITED_REASON,
     Accepted,
@@ -298,8 +299,6 @@ def record_send_outcomes(
     return int(written)
 
 
-# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
-OPTED_OUT_SEND_ERROR_CODE = 21610
 OPT_OUT_SOURCE_SEND = "send_21610"
 
 
@@ -309,7 +308,7 @@ def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMe
         {
             message.to_number
             for message, outcome in results
-            if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
+            if isinstance(outcome, Permanent) and outcome.code in SEND_OPT_OUT_CODES
         }
     )
     if not numbers:
