@@ -3,12 +3,13 @@
 The one place the policy for an error code lives. For each code the table says what happens when it is the answer
 to the send request (`SendErrorBehaviour`: the gateway turns it into its outcome) and when it arrives in a status
 callback (`CallbackErrorBehaviour`: the receipts path and the `DELIVERY_RETRY_ERROR_CODES` default read it). The
-dashboard shows each code's meaning and action. Pure data: no I/O. The wording is ours; Twilio's full list is at
+dashboard shows each code's meaning and action, and README.md's troubleshooting table is generated from it
+(`bulksms error-codes`). Pure data: no I/O. The wording is ours; Twilio's full list is at
 https://www.twilio.com/docs/api/errors. Codes below 30000 come back when Twilio refuses the request itself;
 3xxxx codes arrive later in a status callback, from the carrier's verdict (`undelivered` or `failed`).
 
 A new behaviour is a new enum member with its `summary`: mypy then points at every `match` that must handle it
-(the gateway's outcomes).
+(the gateway's outcomes), and the README table picks the summary up.
 """
 
 from __future__ import annotations

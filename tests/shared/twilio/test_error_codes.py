@@ -1,9 +1,12 @@
-"""The Twilio error-code table: one policy per code, read by the gateway and the receipts path."""
+"""The Twilio error-code table: one policy per code, read by the gateway and the receipts path, and by the README."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from bulksms_tools.cli import error_codes_markdown_table
 from shared.platform.settings import Settings, load_settings
 from shared.twilio.error_codes import (
     CALLBACK_OPT_OUT_CODES,
@@ -18,6 +21,7 @@ from shared.twilio.error_codes import (
     send_error_behaviour,
 )
 
+REPOSITORY_ROOT = Path(__file__).resolve().parents[3]
 RETRY = SendErrorBehaviour.RETRY_WITH_BACKOFF
 AMBIGUOUS = SendErrorBehaviour.AMBIGUOUS
 PERMANENT = SendErrorBehaviour.PERMANENT
@@ -53,8 +57,11 @@ def test_send_error_behaviour_reads_the_row_then_the_http_status(
 
 
 @pytest.mark.parametrize("behaviour", [*SendErrorBehaviour, *CallbackErrorBehaviour])
-def test_every_behaviour_says_what_bulksms_does(behaviour: SendErrorBehaviour | CallbackErrorBehaviour) -> None:
+def test_every_behaviour_says_in_the_readme_table_what_bulksms_does(
+    behaviour: SendErrorBehaviour | CallbackErrorBehaviour,
+) -> None:
     assert behaviour.summary.strip()
+    assert behaviour.summary in error_codes_markdown_table()
 
 
 def test_request_codes_say_what_happens_at_send_and_carrier_codes_in_a_callback() -> None:
@@ -85,3 +92,18 @@ def test_the_dashboard_lookup_still_gives_meaning_and_action() -> None:
     assert info is not None and info.meaning and info.action
     assert info.reference_url == "https://www.twilio.com/docs/api/errors/30007"
     assert describe_error_code(None) is None and describe_error_code(1) is None
+
+
+def test_the_markdown_table_has_one_row_per_code_and_one_for_the_rest() -> None:
+    lines = error_codes_markdown_table().splitlines()
+    assert len(lines) == 2 + len(ERROR_CODES) + 1
+    assert all(f"[{code}](" in "\n".join(lines) for code in ERROR_CODES)
+    assert lines[-1].startswith("| any other code |")
+    assert "`DELIVERY_RETRY_ERROR_CODES`" in lines[-1]
+
+
+def test_readme_troubleshooting_table_matches_the_error_code_table() -> None:
+    readme = (REPOSITORY_ROOT / "README.md").read_text()
+    assert error_codes_markdown_table() in readme, (
+        "README.md's troubleshooting table is out of date: replace it with the output of `bulksms error-codes`"
+    )
