@@ -44,6 +44,12 @@ from bulksms_tools.stack import (
     simulator_credentials,
 )
 from shared.platform.settings import Settings, SettingsError, load_settings, settings_documentation
+from shared.twilio.error_codes import (
+    ERROR_CODES,
+    CallbackErrorBehaviour,
+    TwilioErrorCode,
+    send_error_behaviour,
+)
 
 console = Console(highlight=False, soft_wrap=True)
 error_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -505,6 +511,46 @@ def settings_markdown_table() -> str:
         shown_default = f"`{default}`" if default else ""
         lines.append(f"| `{variable}` | {shown_default} | {description.replace('|', '/')} |")
     return "\n".join(lines)
+
+
+@cli.command("error-codes")
+def show_error_codes() -> None:
+    """Print the Twilio error-code table in README.md: what each code means, what bulksms does, what to do."""
+    click.echo(error_codes_markdown_table())
+
+
+def error_codes_markdown_table() -> str:
+    """README.md's "Troubleshooting by Twilio error code" table, from shared.twilio.error_codes."""
+    lines = ["| Code | What it means | What bulksms does | What to do |", "| --- | --- | --- | --- |"]
+    for entry in ERROR_CODES.values():
+        cells = [
+            f"[{entry.code}]({entry.reference_url})",
+            f"**{entry.title}.** {entry.meaning}",
+            _what_bulksms_does(entry),
+            entry.action,
+        ]
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in cells) + " |")
+    lines.append(f"| any other code | | {_what_bulksms_does_by_default()} | |")
+    return "\n".join(lines)
+
+
+def _what_bulksms_does(entry: TwilioErrorCode) -> str:
+    steps = []
+    if entry.on_send is not None:
+        steps.append(f"At send: {entry.on_send.summary}.")
+    if entry.on_callback is not None:
+        steps.append(f"In a callback: {entry.on_callback.summary}.")
+    return " ".join(steps)
+
+
+def _what_bulksms_does_by_default() -> str:
+    # The same function the gateway asks, with no code: what the HTTP status alone decides.
+    by_status = [
+        f"At send, HTTP {label}: {send_error_behaviour(None, status).summary}."
+        for label, status in (("429", 429), ("5xx", 500), ("other 4xx", 400))
+    ]
+    in_callback = f"In a callback: {CallbackErrorBehaviour.FINAL.summary}, unless in `DELIVERY_RETRY_ERROR_CODES`."
+    return " ".join([*by_status, in_callback])
 
 
 # --- thin wrappers for docker-compose and process managers --------------------------------------------------

@@ -15,6 +15,8 @@ from typing import Any, get_type_hints
 
 from dotenv import dotenv_values
 
+from shared.twilio.error_codes import DEFAULT_DELIVERY_RETRY_CODES
+
 TWILIO_DEFAULT_API_BASE_URL = "https://api.twilio.com"
 
 
@@ -79,7 +81,7 @@ class Settings:
     delivery_retry_error_codes: str = _env(
         "DELIVERY_RETRY_ERROR_CODES",
         "Carrier codes in a callback that earn a new attempt (comma-separated)",
-        default="30003,30008",
+        default=",".join(map(str, DEFAULT_DELIVERY_RETRY_CODES)),
     )
     delivery_retry_max_attempts: int = _env(
         "DELIVERY_RETRY_MAX_ATTEMPTS", "Attempts per recipient in all, the first send included", default=3

@@ -42,10 +42,10 @@ from shared.receipts.status_queue import (
     claim_periodic_pass,
     ensure_consumer_group,
 )
+from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 
 logger = logging.getLogger(__name__)
 
-OPTED_OUT_ERROR_CODE = 21610
 OPT_OUT_SOURCE = "callback_21610"
 RETRY_JITTER = 0.2  # ± 20 % on every delivery retry delay
 # Consumers draining the stream at once (each holds one slot); more gain little, as batches of one broadcast
@@ -79,13 +79,15 @@ class ReceivedEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class DeliveryRetryPolicy:
+    """When an undelivered / failed receipt earns a new attempt (DELIVERY_RETRY_* settings)."""
+
     retry_codes: frozenset[int]
     max_attempts: int
     base_seconds: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> DeliveryRetryPolicy:
         return cls(
             settings.delivery_retry_codes, settings.delivery_retry_max_attempts, settings.delivery_retry_base_seconds
         )
@@ -158,7 +160,7 @@ def decide_message_update(
     report: StatusReport,
     received_at: datetime,
     now: datetime,
-    policy: RetryPolicy,
+    policy: DeliveryRetryPolicy,
     jitter: Callable[[], float] = lambda: random.uniform(-RETRY_JITTER, RETRY_JITTER),
 ) -> ReceiptUpdate | None:
     """What the message becomes after `report` for its current attempt; None if nothing moves forward."""
@@ -233,7 +235,7 @@ def apply_status_events(
     """Store one batch of queued callbacks and apply them; the caller commits (then acknowledges the batch)."""
     events = [event for event in map(parse_callback, callbacks) if event is not None]
     event_ids = store_events(session, events)
-    report = apply_stored_events(session, event_ids, RetryPolicy.from_settings(settings), now)
+    report = apply_stored_events(session, event_ids, DeliveryRetryPolicy.from_settings(settings), now)
     report.stored = len(event_ids)
     return report
 
@@ -290,7 +292,7 @@ def apply_unapplied_events(
 ) -> ApplyReport:
     """Retry events that matched nothing when they arrived (their message may exist now), oldest first."""
     report = ApplyReport()
-    policy = RetryPolicy.from_settings(settings)
+    policy = DeliveryRetryPolicy.from_settings(settings)
     after_id = 0
     for _ in range(max_pages):
         ids = list(
@@ -312,7 +314,7 @@ def apply_unapplied_events(
 
 
 def apply_stored_events(
-    session: Session, event_ids: Sequence[int], policy: RetryPolicy, now: datetime | None = None
+    session: Session, event_ids: Sequence[int], policy: DeliveryRetryPolicy, now: datetime | None = None
 ) -> ApplyReport:
     """Apply stored, unapplied events to their messages (current attempt) or archived attempts."""
     report = ApplyReport()
@@ -507,7 +509,7 @@ def _apply_to_old_attempt(
 def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages: dict[int, MessageRow]) -> int:
     numbers: set[str] = set()
     for event in events:
-        if event.error_code != OPTED_OUT_ERROR_CODE:
+        if event.error_code not in CALLBACK_OPT_OUT_CODES:
             continue
         number = event.to_number if event.to_number and _E164.fullmatch(event.to_number) else None
         if number is None and event.message_id in messages:

@@ -67,7 +67,7 @@ LEASE_SAFETY_MARGIN_SECONDS = 1.0
 
 
 @dataclass(frozen=True, slots=True)
-class RetryPolicy:
+class SendRetryPolicy:
     """Retries of Retryable outcomes only: exponential backoff with jitter, bounded in attempts and time."""
 
     max_attempts: int
@@ -76,7 +76,7 @@ class RetryPolicy:
     max_wait_seconds: float = 10.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RetryPolicy:
+    def from_settings(cls, settings: Settings) -> SendRetryPolicy:
         return cls(max_attempts=max(settings.send_retry_max_attempts, 1), max_seconds=settings.send_retry_max_seconds)
 
 
@@ -114,10 +114,10 @@ class SendingResources:
     redis: redis.asyncio.Redis
     gateway: TwilioGateway
     limiter: ConcurrencyLimiter
-    retry_policy: RetryPolicy = field(init=False)
+    retry_policy: SendRetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
-        self.retry_policy = RetryPolicy.from_settings(self.settings)
+        self.retry_policy = SendRetryPolicy.from_settings(self.settings)
 
     @classmethod
     def create(cls, settings: Settings) -> SendingResources:
@@ -204,7 +204,7 @@ async def send_messages(
     messages: Sequence[ClaimedMessage],
     *,
     public_base_url: str | None,
-    retry_policy: RetryPolicy,
+    retry_policy: SendRetryPolicy,
     deadline: float,
     halted: HaltCallable | None = None,
     metrics: MetricsRecorder | None = None,

@@ -23,6 +23,7 @@ from shared.compliance.quiet_hours import QuietHours, defer_quiet_rows
 from shared.messages import store as message_store
 from shared.messages.store import ClaimedMessage, SendRecord
 from shared.platform.models import MessageState
+from shared.twilio.error_codes import SEND_OPT_OUT_CODES
 from shared.twilio.gateway import Accepted, Ambiguous, Permanent, Retryable, SendOutcome
 
 __all__ = ["ClaimedMessage", "claim_pending_messages", "record_send_outcomes"]
@@ -97,8 +98,7 @@ def record_send_outcomes(
     return written
 
 
-# Twilio refuses a number whose owner replied STOP with 21610; we remember it (the opt-out list).
-OPTED_OUT_SEND_ERROR_CODE = 21610
+# Twilio refuses a number whose owner replied STOP (21610); we remember it (the opt-out list).
 OPT_OUT_SOURCE_SEND = "send_21610"
 
 
@@ -107,7 +107,7 @@ def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMe
     numbers = {
         message.to_number
         for message, outcome in results
-        if isinstance(outcome, Permanent) and outcome.code == OPTED_OUT_SEND_ERROR_CODE
+        if isinstance(outcome, Permanent) and outcome.code in SEND_OPT_OUT_CODES
     }
     reason = "Twilio refused the send with error 21610"
     added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE_SEND, reason=reason)

@@ -5,6 +5,7 @@ never processed the request (20429, or the connection failed before the request 
 `Permanent`: Twilio refused this message and would again (invalid number, STOP, authentication...).
 `Ambiguous`: the request left but no usable answer came back (timeout, 5xx, connection reset), so Twilio may
 or may not have it; such a message is reconciled against Twilio's message list, never resent blindly.
+Which outcome an error code gets is decided by the table in shared.twilio.error_codes, not here.
 
 The official library's `AsyncTwilioHttpClient` is used for throughput, without its `max_retries` (it resends a
 POST after any 5xx, which can send an SMS twice) and with our own `request`: it rewrites the API host (the
@@ -18,7 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, assert_never
 
 import aiohttp
 from twilio.base import values
@@ -28,10 +29,10 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from shared.platform.settings import TWILIO_DEFAULT_API_BASE_URL, Settings
+from shared.twilio.error_codes import SendErrorBehaviour, send_error_behaviour
 
 logger = logging.getLogger(__name__)
 
-TOO_MANY_REQUESTS_CODE = 20429
 # The reason of every 429 / 20429 outcome: metrics count rate limiting by it (shared.platform.metrics).
 RATE_LIMITED_REASON = "too many requests"
 
@@ -197,7 +198,7 @@ class TwilioGateway:
                 **options,
             )
         except TwilioRestException as error:
-            return _outcome_of_error_response(error)
+            return outcome_of_error_response(error)
         except aiohttp.ConnectionTimeoutError:
             return Retryable("connect timeout")
         except aiohttp.ClientConnectorError as error:
@@ -238,12 +239,19 @@ class TwilioGateway:
         return found
 
 
-def _outcome_of_error_response(error: TwilioRestException) -> SendOutcome:
+def outcome_of_error_response(error: TwilioRestException) -> SendOutcome:
+    """The outcome of Twilio's error answer to a send request, as the error-code table decides it."""
     status = int(error.status)
     code = int(error.code) if error.code is not None else None
-    if status == 429 or code == TOO_MANY_REQUESTS_CODE:
-        return Retryable(f"{RATE_LIMITED_REASON} ({code or status})")
-    if status >= 500:
-        return Ambiguous(f"Twilio answered HTTP {status}")
-    # 21211, 21610, 21612, 21614, 21408, 21617, 20003, 21602 and every other 4xx: sending again cannot help.
-    return Permanent(code=code if code is not None else status, message=str(error.msg or f"HTTP {status}"))
+    behaviour = send_error_behaviour(code, status)
+    match behaviour:
+        case SendErrorBehaviour.RETRY_WITH_BACKOFF:
+            # Every "send again later" answer is Twilio's rate limiting (429 / 20429): metrics count it by this reason.
+            return Retryable(f"{RATE_LIMITED_REASON} ({code or status})")
+        case SendErrorBehaviour.AMBIGUOUS:
+            return Ambiguous(f"Twilio answered HTTP {status}")
+        case SendErrorBehaviour.PERMANENT | SendErrorBehaviour.OPT_OUT:
+            # An opt-out is a permanent refusal; the chunk's recorder adds the number to the opt-out list by its code.
+            return Permanent(code=code if code is not None else status, message=str(error.msg or f"HTTP {status}"))
+        case _:
+            assert_never(behaviour)

@@ -14,14 +14,15 @@ from shared.platform.models import Message, MessageAttempt, MessageState, OptedO
 from shared.platform.settings import Settings
 from shared.receipts.delivery_status import StatusReport
 from shared.receipts.events import (
+    DeliveryRetryPolicy,
     MessageRow,
-    RetryPolicy,
     apply_status_events,
     apply_unapplied_events,
     decide_message_update,
     message_state_for,
     retry_delay_seconds,
 )
+from shared.twilio.error_codes import ERROR_CODES, CallbackErrorBehaviour, TwilioErrorCode, codes_in_callbacks
 from tests.factories import broadcast_of, create_broadcast, messages_of
 from tests.status_callbacks import new_sid, queued
 
@@ -54,7 +55,7 @@ def test_retry_delay_grows_four_times_per_attempt(attempts: int, jitter: float, 
     assert retry_delay_seconds(attempts, 60.0, jitter) == pytest.approx(expected)
 
 
-POLICY = RetryPolicy(retry_codes=frozenset({30003, 30008}), max_attempts=3, base_seconds=60.0)
+POLICY = DeliveryRetryPolicy(retry_codes=frozenset({30003, 30008}), max_attempts=3, base_seconds=60.0)
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
@@ -108,6 +109,35 @@ def test_decide_message_update(
     assert (update_.retry_due_at is not None) == retry
     if retry:
         assert update_.retry_due_at == NOW + timedelta(seconds=60.0 * 4 ** (attempts - 1))
+
+
+def test_the_delivery_retry_policy_reads_the_error_code_table_unless_the_setting_replaces_it() -> None:
+    table = frozenset(codes_in_callbacks(CallbackErrorBehaviour.DELIVERY_RETRY))
+    assert DeliveryRetryPolicy.from_settings(Settings()).retry_codes == table == {30003, 30008}
+    replaced = DeliveryRetryPolicy.from_settings(Settings(delivery_retry_error_codes="30005, 30007"))
+    assert replaced.retry_codes == {30005, 30007}
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [entry for entry in ERROR_CODES.values() if entry.on_callback is not None],
+    ids=lambda entry: str(entry.code),
+)
+def test_an_undelivered_receipt_follows_its_codes_row_by_default(entry: TwilioErrorCode) -> None:
+    update_ = decide_message_update(
+        row(twilio_status="sent", attempts=1),
+        StatusReport("SM1", "undelivered", entry.code),
+        NOW,
+        NOW,
+        DeliveryRetryPolicy.from_settings(Settings()),
+        lambda: 0.0,
+    )
+
+    assert update_ is not None and update_.error_code == entry.code
+    if entry.on_callback is CallbackErrorBehaviour.DELIVERY_RETRY:
+        assert (update_.state, update_.final_at) == ("retry_scheduled", None)
+    else:  # final, opt-out: the message stays undelivered (an opt-out also lists the number, see below)
+        assert (update_.state, update_.final_at) == ("undelivered", NOW)
 
 
 # ---------------------------------------------------------------------------------------------- with PostgreSQL

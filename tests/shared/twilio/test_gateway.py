@@ -1,4 +1,5 @@
-"""What each Twilio answer means for us, over real HTTP to the simulator (magic numbers and fault settings)."""
+"""What each Twilio answer means for us: error answers through the error-code table (pure), then over real HTTP
+to the simulator (magic numbers and fault settings)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,81 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
+from twilio.base.exceptions import TwilioRestException
 
 from bulksms_tools.local_services import find_free_port
 from shared.platform.settings import Settings
-from shared.twilio.gateway import Accepted, Ambiguous, Permanent, Retryable, TwilioGateway, TwilioLookupError
+from shared.twilio.error_codes import ERROR_CODES, SendErrorBehaviour, TwilioErrorCode
+from shared.twilio.gateway import (
+    RATE_LIMITED_REASON,
+    Accepted,
+    Ambiguous,
+    Permanent,
+    Retryable,
+    SendOutcome,
+    TwilioGateway,
+    TwilioLookupError,
+    outcome_of_error_response,
+)
 
 T = TypeVar("T")
+
+
+# --- pure: Twilio's error answers mapped through the error-code table ---------------------------------------
+
+MESSAGES_URL = "https://api.twilio.com/2010-04-01/Accounts/AC1/Messages.json"
+OUTCOME_OF_BEHAVIOUR: dict[SendErrorBehaviour, type[SendOutcome]] = {
+    SendErrorBehaviour.RETRY_WITH_BACKOFF: Retryable,
+    SendErrorBehaviour.AMBIGUOUS: Ambiguous,
+    SendErrorBehaviour.PERMANENT: Permanent,
+    SendErrorBehaviour.OPT_OUT: Permanent,  # the chunk's recorder opts the number out by its code
+}
+
+
+def error_response(http_status: int, code: int | None, message: str = "") -> TwilioRestException:
+    return TwilioRestException(http_status, MESSAGES_URL, message, code)
+
+
+def test_every_send_behaviour_has_an_outcome() -> None:
+    assert set(OUTCOME_OF_BEHAVIOUR) == set(SendErrorBehaviour)
+
+
+@pytest.mark.parametrize(
+    "entry", [entry for entry in ERROR_CODES.values() if entry.on_send is not None], ids=lambda entry: str(entry.code)
+)
+def test_a_listed_code_in_a_4xx_answer_gets_the_outcome_of_its_row(entry: TwilioErrorCode) -> None:
+    # 400 for every row, 20429 included: the row decides, not the HTTP status.
+    outcome = outcome_of_error_response(error_response(400, entry.code, "refused"))
+
+    assert type(outcome) is OUTCOME_OF_BEHAVIOUR[entry.on_send]
+    if isinstance(outcome, Permanent):
+        assert (outcome.code, outcome.message) == (entry.code, "refused")
+    if isinstance(outcome, Retryable):
+        assert outcome.reason.startswith(RATE_LIMITED_REASON)  # counted as rate limiting by the metrics
+
+
+@pytest.mark.parametrize(
+    ("http_status", "code", "expected"),
+    [
+        (429, None, Retryable("too many requests (429)")),
+        (429, 20429, Retryable("too many requests (20429)")),
+        (500, None, Ambiguous("Twilio answered HTTP 500")),
+        (503, 21211, Ambiguous("Twilio answered HTTP 503")),  # a 5xx may have been processed, whatever its code
+        (400, 21602, Permanent(21602, "refused")),  # not in the table: any other 4xx is permanent
+        (404, None, Permanent(404, "refused")),
+    ],
+)
+def test_the_http_status_decides_for_unlisted_codes_and_for_429_and_5xx(
+    http_status: int, code: int | None, expected: SendOutcome
+) -> None:
+    assert outcome_of_error_response(error_response(http_status, code, "refused")) == expected
+
+
+def test_a_permanent_answer_without_a_message_names_its_http_status() -> None:
+    assert outcome_of_error_response(error_response(401, 20003)) == Permanent(20003, "HTTP 401")
+
+
+# --- over HTTP to the simulator ---------------------------------------------------------------------------------
 
 
 def with_gateway(settings: Settings, use: Callable[[TwilioGateway], Awaitable[T]]) -> T:
