@@ -24,6 +24,7 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.broadcasts.options import View, shown_columns, shown_values
 from shared.broadcasts.progress import AWAITING_RECEIPT_STATES, broadcast_progress
 from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
@@ -122,17 +123,29 @@ def forgotten_completion_callbacks(session: Session) -> list[uuid.UUID]:
     return list(rows)
 
 
+SUMMARY_COLUMNS = (
+    "id",
+    "status",
+    "recipients_accepted",
+    "created_at",
+    "first_send_at",
+    "last_send_at",
+    "last_receipt_at",
+    "submitted_at",
+    "completed_at",
+)
+
+
 def _timestamp(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, Any] | None:
-    """The JSON document POSTed to `callback_url`: the broadcast's final counts, rates, error codes and timing."""
+    """The JSON document POSTed to `callback_url`: the broadcast's final counts, rates, error codes and timing,
+    and the options it echoes (shared.broadcasts.options)."""
+    columns = ", ".join((*SUMMARY_COLUMNS, *shown_columns(View.COMPLETION_CALLBACK)))
     broadcast = session.execute(
-        text(
-            "SELECT id, status, recipients_accepted, created_at, first_send_at, last_send_at, last_receipt_at, "
-            "submitted_at, completed_at FROM broadcasts WHERE id = :id"
-        ),
+        text(f"SELECT {columns} FROM broadcasts WHERE id = :id"),  # noqa: S608 - declared names, never a request's
         {"id": broadcast_id},
     ).one_or_none()
     if broadcast is None:
@@ -154,6 +167,7 @@ def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, A
             "last_receipt_at": _timestamp(broadcast.last_receipt_at),
             "submitted_at": _timestamp(broadcast.submitted_at),
             "completed_at": _timestamp(broadcast.completed_at),
+            **shown_values(broadcast, View.COMPLETION_CALLBACK),
         },
     }
 
