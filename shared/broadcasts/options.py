@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,7 @@ from shared.compliance.quiet_hours import HH_MM_PATTERN
 MAX_MESSAGE_CHARACTERS = 1_600
 MAX_RECIPIENTS = 1_000_000
 ON_INVALID_CHOICES = ("reject", "skip")
+MAX_CLIENT_REFERENCE_CHARACTERS = 256
 
 
 class CsvForm(enum.Enum):
@@ -179,6 +181,11 @@ def _has_no_nul_characters(text: str) -> None:
         raise ValidationError("Must not contain NUL characters.")
 
 
+def _has_no_control_characters(text: str) -> None:
+    if any(unicodedata.category(character) == "Cc" for character in text):
+        raise ValidationError("Must not contain control characters (tabs, line breaks, NUL, ...).")
+
+
 def _is_a_media_url(url: str) -> None:
     problem = media_url_problem(url)
     if problem is not None:
@@ -310,6 +317,28 @@ BROADCAST_OPTIONS: tuple[BroadcastOption, ...] = (
         50,
         columns=("max_cost",),
         # Shown in the `cost` report.
+    ),
+    BroadcastOption(
+        "client_reference",
+        fields.String(
+            load_default=None,
+            validate=[
+                validate.Length(
+                    min=1,
+                    max=MAX_CLIENT_REFERENCE_CHARACTERS,
+                    error=f"Must be 1 to {MAX_CLIENT_REFERENCE_CHARACTERS} characters.",
+                ),
+                _has_no_control_characters,
+            ],
+        ),
+        f"Optional; your own id for the broadcast, 1 to {MAX_CLIENT_REFERENCE_CHARACTERS} characters, no control "
+        "characters. Echoed in every view of the broadcast, on each row of messages.csv and in the completion "
+        "callback; `GET /v1/broadcasts?client_reference=` lists the broadcasts that have it.",
+        "crm-campaign-2026-11-29",
+        columns=("client_reference",),
+        shown_in=EVERY_VIEW,
+        response_field=fields.String(),
+        filterable=True,
     ),
     BroadcastOption(
         "dry_run",
