@@ -35,6 +35,7 @@ from shared.broadcasts.intake import (
     list_broadcasts,
     list_messages,
 )
+from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
 from shared.platform.models import Broadcast, BroadcastStatus
 from shared.receipts.completion import completion_reason
@@ -191,8 +192,11 @@ def create() -> tuple[Response, int, dict[str, str]]:
 def index() -> Response:
     api_key = require_api_key()
     query = broadcasts_query_schema.load(request.args)
+    filters = {name: query[name] for name in FILTERABLE_OPTION_NAMES if query.get(name) is not None}
     try:
-        page = list_broadcasts(db_session(), api_key.id, cursor=query.get("cursor"), limit=query["limit"])
+        page = list_broadcasts(
+            db_session(), api_key.id, cursor=query.get("cursor"), limit=query["limit"], filters=filters
+        )
     except InvalidCursorError as error:
         raise ApiProblem(400, str(error), problem="invalid-cursor", errors={"cursor": [str(error)]}) from None
     items = []
@@ -202,7 +206,7 @@ def index() -> Response:
         items.append(item)
     next_link = None
     if page.next_cursor is not None:
-        next_link = url_for("broadcasts.index", cursor=page.next_cursor, limit=query["limit"])
+        next_link = url_for("broadcasts.index", cursor=page.next_cursor, limit=query["limit"], **filters)
     return jsonify({"items": items, "links": {"next": next_link}})
 
 

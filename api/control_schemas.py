@@ -1,4 +1,4 @@
-"""Marshmallow schemas for scheduling, quiet hours and the opt-out list."""
+"""Marshmallow schemas for rescheduling a broadcast and for the opt-out list."""
 
 from __future__ import annotations
 
@@ -7,29 +7,9 @@ from typing import Any
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate, validates_schema
 
 from shared.compliance.opt_outs import MAX_REASON_LENGTH
-from shared.compliance.quiet_hours import HH_MM_PATTERN
 
 MAX_OPT_OUTS_PER_REQUEST = 10_000
 MAX_OPT_OUTS_PAGE = 1_000
-HH_MM = validate.Regexp(HH_MM_PATTERN, error="Must be a time as HH:MM, 00:00 to 23:59.")
-
-
-class QuietHoursSchema(Schema):
-    """`{"start": "21:00", "end": "08:00"}`: the recipient's local times between which nothing is sent."""
-
-    start = fields.String(required=True, validate=HH_MM)
-    end = fields.String(required=True, validate=HH_MM)
-
-    @validates_schema
-    def _not_empty(self, data: dict[str, Any], **_kwargs: Any) -> None:
-        if data.get("start") == data.get("end"):
-            raise ValidationError("start and end must differ.", "end")
-
-
-def quiet_hours_view(broadcast: Any) -> dict[str, str] | None:
-    if not broadcast.quiet_hours_start:
-        return None
-    return {"start": broadcast.quiet_hours_start, "end": broadcast.quiet_hours_end}
 
 
 class RescheduleSchema(Schema):

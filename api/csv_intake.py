@@ -23,30 +23,27 @@ from shared.broadcasts.csv_recipients import (
     LineNumbers,
     MalformedCsvError,
 )
-from shared.broadcasts.intake import MAX_RECIPIENTS, BroadcastRequest
+from shared.broadcasts.intake import BroadcastRequest
+from shared.broadcasts.options import BROADCAST_OPTIONS, MAX_RECIPIENTS, CsvForm, csv_option_names
 from shared.broadcasts.templates import parse_template
 
 CSV_MIMETYPE = "text/csv"
 MULTIPART_MIMETYPE = "multipart/form-data"
 FILE_PART = "file"
 HEADER_PREFIX = "X-Bulksms-"
-# Options given as text; the JSON body's other scalars plus `phone_column`, `media_urls` (repeatable) and
-# `quiet_hours_start` / `quiet_hours_end` (the JSON body's `quiet_hours` object).
+# The names options are given by (shared.broadcasts.options says each one's form), plus the upload's own
+# `phone_column`: given once each, or repeatable.
 SCALAR_OPTIONS = (
-    "message",
-    "on_invalid",
+    *csv_option_names(CsvForm.SCALAR, CsvForm.INTEGER, CsvForm.START_END),
     "phone_column",
-    "callback_url",
-    "send_at",
-    "dry_run",
-    "validity_period",
-    "max_segments",
-    "max_cost",
-    "quiet_hours_start",
-    "quiet_hours_end",
 )
-LIST_OPTIONS = ("media_urls",)
-INTEGER_OPTIONS = ("validity_period", "max_segments")
+LIST_OPTIONS = csv_option_names(CsvForm.LIST)
+INTEGER_OPTIONS = csv_option_names(CsvForm.INTEGER)
+START_END_OPTIONS = tuple(option.name for option in BROADCAST_OPTIONS if option.csv is CsvForm.START_END)
+# Options the upload cannot give: the recipients are the file's rows.
+NOT_FROM_OPTIONS = tuple(
+    option.name for option in BROADCAST_OPTIONS if option.csv in (CsvForm.FILE, CsvForm.NOT_ACCEPTED)
+)
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
 
 
@@ -61,12 +58,10 @@ class BroadcastOptionsSchema(BroadcastRequestSchema):
         return data
 
     def to_request(self, options: dict[str, Any], recipients: list[Any]) -> BroadcastRequest:
-        request_fields = {name: value for name, value in options.items() if name != "phone_column"}
-        built: BroadcastRequest = BroadcastRequestSchema._to_request(self, {**request_fields, "recipients": recipients})
-        return built
+        return BroadcastRequest.from_options({**options, "recipients": recipients})
 
 
-options_schema = BroadcastOptionsSchema(exclude=("recipients",))
+options_schema = BroadcastOptionsSchema(exclude=NOT_FROM_OPTIONS)
 
 
 def is_csv_upload() -> bool:
@@ -109,11 +104,13 @@ def _raw_options() -> dict[str, Any]:
     for name in INTEGER_OPTIONS:
         if name in options and _INTEGER.fullmatch(options[name].strip()):
             options[name] = int(options[name])
-    if given.get("media_urls"):
-        options["media_urls"] = given["media_urls"]
-    start, end = options.pop("quiet_hours_start", None), options.pop("quiet_hours_end", None)
-    if start is not None or end is not None:
-        options["quiet_hours"] = {key: value for key, value in (("start", start), ("end", end)) if value is not None}
+    for name in LIST_OPTIONS:
+        if given.get(name):
+            options[name] = given[name]
+    for name in START_END_OPTIONS:
+        start, end = options.pop(f"{name}_start", None), options.pop(f"{name}_end", None)
+        if start is not None or end is not None:
+            options[name] = {key: value for key, value in (("start", start), ("end", end)) if value is not None}
     return options
 
 

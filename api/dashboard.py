@@ -1,8 +1,9 @@
 """The dashboard: server-rendered pages under /dashboard/ for people, signed in with an API key.
 
 - `GET /dashboard/`: the key's broadcasts, newest first, with a progress bar and counts per state.
-- `GET /dashboard/broadcasts/<id>`: one broadcast: counts, rates, timing, sends and receipts over time (inline SVG),
-  failures by Twilio error code with what the code means and what to do.
+- `GET /dashboard/broadcasts/<id>`: one broadcast: the options shown on the dashboard (shared.broadcasts.options),
+  counts, rates, timing, sends and receipts over time (inline SVG), failures by Twilio error code with what the code
+  means and what to do.
 - `GET/POST /dashboard/sign-in`, `POST /dashboard/sign-out`.
 
 The session is Flask's signed cookie (HttpOnly, SameSite=Lax, Secure on https, path /dashboard) holding the key's
@@ -44,6 +45,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 from api.context import db_session, services
 from shared.broadcasts.activity import Activity, broadcast_activity, state_counts_by_broadcast
 from shared.broadcasts.intake import InvalidCursorError, get_broadcast, list_broadcasts
+from shared.broadcasts.options import View, shown_values
 from shared.broadcasts.progress import broadcast_progress
 from shared.messages.export import export_messages_csv
 from shared.platform.api_keys import authenticate_api_key
@@ -317,6 +319,7 @@ def broadcast_page(broadcast_id: str) -> str:
     return render_template(
         "dashboard/broadcast.html",
         broadcast=broadcast,
+        options={name: value for name, value in shown_values(broadcast, View.DASHBOARD).items() if value is not None},
         progress=progress,
         summary=progress.summary(),
         groups=state_groups(progress.counts),

@@ -20,7 +20,9 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, Response, current_app
 from marshmallow import Schema
 
+from api.csv_intake import LIST_OPTIONS, SCALAR_OPTIONS
 from api.errors import PROBLEM_CONTENT_TYPE
+from shared.broadcasts.options import OPTIONS_BY_NAME, View, shown_examples
 
 OPENAPI_VERSION = "3.0.3"
 API_TITLE = "bulksms"
@@ -57,9 +59,10 @@ TAG_DESCRIPTIONS = {
 }
 
 BROADCAST_ID_EXAMPLE = "6f1d0c5e-8a53-4a4e-9a53-6c7d0e0b8f11"
+# A scheduled broadcast, so that the options every view echoes (shared.broadcasts.options) show their examples.
 BROADCAST_EXAMPLE: dict[str, Any] = {
     "id": BROADCAST_ID_EXAMPLE,
-    "status": "queued",
+    "status": "scheduled",
     "recipients": {"received": 3, "accepted": 3, "duplicates": 0, "invalid": 0, "opted_out": 0, "deferred": 0},
     "invalid": [],
     "message": {
@@ -75,15 +78,22 @@ BROADCAST_EXAMPLE: dict[str, Any] = {
     "cost": {"estimated": 0.0249, "currency": "USD", "price_per_segment": 0.0083, "price_per_segment_by_prefix": {}},
     "chunks": 1,
     "created_at": "2026-11-29T16:58:01.123456+00:00",
-    "enqueued_at": "2026-11-29T16:58:01.130012+00:00",
-    "send_at": None,
-    "quiet_hours": None,
+    "enqueued_at": None,
     "paused_at": None,
     "canceled_at": None,
+    **shown_examples(View.BROADCAST),
     "links": {
         "self": f"/v1/broadcasts/{BROADCAST_ID_EXAMPLE}",
         "messages": f"/v1/broadcasts/{BROADCAST_ID_EXAMPLE}/messages",
     },
+}
+# The smallest request: a message and its recipients.
+BROADCAST_REQUEST_EXAMPLE = {name: OPTIONS_BY_NAME[name].example for name in ("message", "recipients", "on_invalid")}
+# A CSV upload's form fields: the file and the options (api.csv_intake).
+MULTIPART_PROPERTIES: dict[str, Any] = {
+    "file": {"type": "string", "format": "binary"},
+    **{name: {"type": "string"} for name in SCALAR_OPTIONS},
+    **{name: {"type": "array", "items": {"type": "string"}} for name in LIST_OPTIONS},
 }
 PROBLEM_EXAMPLE = {
     "type": "urn:bulksms:problem:validation",
@@ -158,14 +168,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         "requestBody": {
             "required": True,
             "content": {
-                **_json_content(
-                    _ref("BroadcastRequest"),
-                    {
-                        "message": "Polling stations are open until 10pm today.",
-                        "recipients": ["+44 7700 900123", "0044-7700-900124", "(+1) 202.555.0100"],
-                        "on_invalid": "reject",
-                    },
-                ),
+                **_json_content(_ref("BroadcastRequest"), BROADCAST_REQUEST_EXAMPLE),
                 # A CSV list, streamed: the options (`message`, `phone_column`, `on_invalid`, `dry_run`, `send_at`,
                 # ...) travel in the query string or `X-Bulksms-<Name>` headers; other columns become template
                 # variables; bad rows are reported by `line`.
@@ -174,15 +177,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                     "example": "phone,first_name\n+447700900123,Ann\n+447700900124,Bo\n",
                 },
                 "multipart/form-data": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {
-                            "file": {"type": "string", "format": "binary"},
-                            "message": {"type": "string"},
-                            "phone_column": {"type": "string"},
-                        },
-                        "required": ["file"],
-                    }
+                    "schema": {"type": "object", "properties": MULTIPART_PROPERTIES, "required": ["file"]}
                 },
             },
         },

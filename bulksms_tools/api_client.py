@@ -7,10 +7,10 @@ kept whole so their `detail`, `errors` and `invalid` can be shown.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import IO, Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import requests
 
@@ -151,9 +151,9 @@ class ApiClient:
     def broadcast(self, broadcast_id: str) -> dict[str, Any]:
         return self.get_json(f"/v1/broadcasts/{quote(broadcast_id, safe='')}")
 
-    def broadcasts(self, limit: int = 50) -> Iterator[dict[str, Any]]:
-        """The caller's broadcasts, newest first, following `links.next`."""
-        yield from self._pages(f"/v1/broadcasts?limit={limit}")
+    def broadcasts(self, limit: int = 50, filters: Mapping[str, str] | None = None) -> Iterator[dict[str, Any]]:
+        """The caller's broadcasts, newest first, following `links.next`; `filters` such as `client_reference`."""
+        yield from self._pages(f"/v1/broadcasts?{urlencode({'limit': limit, **(filters or {})})}")
 
     def messages(self, broadcast_id: str, state: str | None = None) -> Iterator[dict[str, Any]]:
         path = f"/v1/broadcasts/{quote(broadcast_id, safe='')}/messages?limit=1000"

@@ -226,6 +226,8 @@ def print_intake_summary(body: dict[str, Any]) -> None:
         table.add_row("status", str(body.get("status")))
         if body.get("send_at"):
             table.add_row("send at", str(body["send_at"]))
+    if body.get("client_reference"):
+        table.add_row("client reference", str(body["client_reference"]))
     for name in ("received", "accepted", "duplicates", "invalid", "opted_out", "deferred"):
         if name in recipients:
             table.add_row(f"recipients {name}", f"{int(recipients[name] or 0):,}")
@@ -322,7 +324,7 @@ def submit(
             raise
     error_console.print("[dim]this API has no CSV intake (HTTP 415): sending the list as JSON instead[/]")
     body: dict[str, Any] = {"message": options["message"], "recipients": recipients_from_csv(path, phone_column)}
-    for name in ("send_at", "on_invalid"):
+    for name in ("send_at", "on_invalid", "client_reference"):
         if name in options:
             body[name] = options[name]
     if options.get("dry_run") == "true":
@@ -358,6 +360,7 @@ def stdin_is_interactive() -> bool:
     type=click.Choice(["reject", "skip"]),
     help="Invalid numbers refuse the whole list (reject, the API's default) or are skipped.",
 )
+@click.option("--client-reference", help="Your own id for the broadcast, shown back with it (up to 256 characters).")
 @click.option("--dry-run", is_flag=True, help="Validate and print the counts and the cost; store and send nothing.")
 @click.option("--watch", "-w", is_flag=True, help="Then show live progress until the broadcast finishes.")
 @click.option(
@@ -385,6 +388,7 @@ def send(
     send_at: str | None,
     quiet_hours: str | None,
     on_invalid: str | None,
+    client_reference: str | None,
     dry_run: bool,
     watch: bool,
     until: str,
@@ -406,6 +410,8 @@ def send(
         options["quiet_hours_start"], options["quiet_hours_end"] = window
     if on_invalid:
         options["on_invalid"] = on_invalid
+    if client_reference is not None:
+        options["client_reference"] = client_reference
 
     if dry_run:
         _, body = submit(client, csv_file, {**options, "dry_run": "true"}, phone_column, window)
@@ -501,6 +507,8 @@ def print_tally(view: dict[str, Any], elapsed_seconds: float | None = None) -> N
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("status", str(view.get("status")))
+    if view.get("client_reference"):
+        table.add_row("client reference", str(view["client_reference"]))
     messages = view.get("messages") or {}
     table.add_row("recipients", f"{int(messages.get('total') or 0):,}")
     for state, count in state_counts(view).items():
@@ -542,16 +550,18 @@ def status(broadcast_id: str, watch: bool, until: str, api_url: str | None, api_
 
 @click.command("list")
 @click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="Show at most this many.")
+@click.option("--client-reference", help="Only the broadcasts sent with this client reference (exact match).")
 @client_options
 @api_command
-def list_command(limit: int, api_url: str | None, api_key: str | None) -> None:
+def list_command(limit: int, client_reference: str | None, api_url: str | None, api_key: str | None) -> None:
     """List your broadcasts, newest first."""
     client = make_client(api_url, api_key)
-    table = Table("id", "status", "created (UTC)", "recipients", "segments", "estimated cost")
+    table = Table("id", "status", "created (UTC)", "recipients", "segments", "estimated cost", "client reference")
     for column in table.columns[:3]:
         column.no_wrap = True
     shown = 0
-    for item in client.broadcasts(limit=min(limit, 200)):
+    filters = {"client_reference": client_reference} if client_reference is not None else {}
+    for item in client.broadcasts(limit=min(limit, 200), filters=filters):
         recipients = item.get("recipients") or {}
         segments = ((item.get("message") or {}).get("segments_per_recipient") or {}).get("total")
         cost = item.get("cost") or {}
@@ -562,12 +572,16 @@ def list_command(limit: int, api_url: str | None, api_key: str | None) -> None:
             f"{int(recipients.get('accepted') or 0):,}",
             "" if segments is None else f"{int(segments):,}",
             format_money(cost.get("estimated"), str(cost.get("currency", ""))) if cost else "",
+            str(item.get("client_reference") or ""),
         )
         shown += 1
         if shown >= limit:
             break
     if not shown:
-        console.print("no broadcasts yet: send one with `bulksms send contacts.csv --message ...`")
+        if filters:
+            console.print(f"no broadcast has the client reference {client_reference!r}")
+        else:
+            console.print("no broadcasts yet: send one with `bulksms send contacts.csv --message ...`")
         return
     # Piped output has no terminal width to fit: keep each broadcast on one line for grep and awk.
     output = console if console.is_terminal else Console(highlight=False, width=160, file=sys.stdout)

@@ -14,8 +14,8 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, Generic, TypeVar
@@ -37,15 +37,13 @@ from shared.broadcasts.content import (
     report_content,
 )
 from shared.broadcasts.control import apply_intake_rules
+from shared.broadcasts.options import BROADCAST_OPTIONS, OPTIONS_BY_NAME
 from shared.platform.models import Broadcast, Message, MessageState
 from shared.platform.settings import Settings
 from shared.platform.task_queue import enqueue_chunks
 
 logger = logging.getLogger(__name__)
 
-MAX_MESSAGE_CHARACTERS = 1_600
-MAX_RECIPIENTS = 1_000_000
-ON_INVALID_CHOICES = ("reject", "skip")
 # COPY rows are handed to psycopg2 in blocks of this many recipients, so the whole list is never one string.
 COPY_ROWS_PER_BLOCK = 10_000
 
@@ -76,40 +74,61 @@ class InvalidCursorError(ValueError):
 
 @dataclass(frozen=True)
 class BroadcastRequest:
-    """What a client asked for, already checked for shape (types and sizes) but not yet normalised."""
+    """What a client asked for, already checked for shape (types and sizes) but not yet normalised.
+
+    Holds every option of `shared.broadcasts.options`: those intake reads as attributes, any other in `options`
+    by name (stored and fingerprinted from its declaration alone).
+    """
 
     message: str
     recipients: Sequence[Any]
     on_invalid: str = "reject"
-    callback_url: str | None = None  # receives the signed completion summary (shared.receipts.completion)
-    # Scheduling and quiet hours (shared.broadcasts.control, shared.compliance.quiet_hours): aware send_at and
-    # ("21:00", "08:00").
-    send_at: datetime | None = None
-    quiet_hours: tuple[str, str] | None = None
-    # Content options (issue 4; shared.broadcasts.content): MMS media, Twilio's ValidityPeriod, the client's limits.
-    media_urls: tuple[str, ...] | None = None
-    validity_period: int | None = None
+    callback_url: str | None = None  # the view refuses it for an API key without a signing secret
+    send_at: datetime | None = None  # aware; decides `scheduled` or `queued`
+    media_urls: tuple[str, ...] | None = None  # an MMS: counted and priced differently
     max_segments: int | None = None
     max_cost: Decimal | None = None
-    dry_run: bool = False  # report only: nothing stored, not part of the fingerprint
+    dry_run: bool = False  # report only: nothing stored
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        misplaced = set(self.options) - (set(OPTIONS_BY_NAME) - _ATTRIBUTE_OPTIONS)
+        if misplaced:
+            raise ValueError(f"unknown options, or options that have an attribute: {sorted(misplaced)}")
+
+    @classmethod
+    def from_options(cls, values: Mapping[str, Any]) -> BroadcastRequest:
+        """The request of a schema's loaded values, keyed by option name (absent ones take their defaults)."""
+        attributes: dict[str, Any] = {}
+        others: dict[str, Any] = {}
+        for option in BROADCAST_OPTIONS:
+            if option.name in values:
+                value = option.request_value(values[option.name])
+                (attributes if option.name in _ATTRIBUTE_OPTIONS else others)[option.name] = value
+        return cls(**attributes, options=others)
+
+    def option_value(self, name: str) -> Any:
+        """The value of any declared option (None when not given and without default)."""
+        return getattr(self, name) if name in _ATTRIBUTE_OPTIONS else self.options.get(name)
+
+    def stored_values(self) -> dict[str, Any]:
+        """The broadcasts columns of every stored option, and their values."""
+        stored: dict[str, Any] = {}
+        for option in BROADCAST_OPTIONS:
+            stored.update(option.column_values(self.option_value(option.name)))
+        return stored
 
     def fingerprint(self) -> str:
-        """SHA-256 of the canonical request: what an Idempotency-Key is compared against."""
-        canonical_fields: dict[str, Any] = {
-            "message": self.message,
-            "on_invalid": self.on_invalid,
-            "recipients": list(self.recipients),
-        }
-        if self.callback_url is not None:  # absent otherwise, so older broadcasts keep their fingerprints
-            canonical_fields["callback_url"] = self.callback_url
-        if self.send_at is not None:
-            canonical_fields["send_at"] = self.send_at.isoformat()
-        if self.quiet_hours is not None:
-            canonical_fields["quiet_hours"] = list(self.quiet_hours)
-        for name in ("media_urls", "validity_period", "max_segments", "max_cost"):
-            value = getattr(self, name)
-            if value is not None:  # absent otherwise, like callback_url
-                canonical_fields[name] = list(value) if name == "media_urls" else str(value)
+        """SHA-256 of the canonical request: what an Idempotency-Key is compared against.
+
+        An option not given (None) is left out, so adding an option leaves earlier broadcasts' fingerprints as
+        they were stored.
+        """
+        canonical_fields: dict[str, Any] = {}
+        for option in BROADCAST_OPTIONS:
+            value = self.option_value(option.name)
+            if option.fingerprinted and value is not None:
+                canonical_fields[option.name] = _canonical(value)
         canonical = json.dumps(
             canonical_fields,
             sort_keys=True,
@@ -117,6 +136,20 @@ class BroadcastRequest:
             ensure_ascii=False,
         )
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+_ATTRIBUTE_OPTIONS = frozenset(item.name for item in fields(BroadcastRequest)) - {"options"}
+
+
+def _canonical(value: Any) -> Any:
+    """An option's value in the fingerprint: text and lists as JSON has them, anything else as its text."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple):
+        return list(value)
+    if isinstance(value, datetime):
+        return value.isoformat()
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -271,23 +304,20 @@ def create_broadcast(
     )
     check_limits(report, max_segments=request.max_segments, max_cost=request.max_cost)
     chunk_count = -(-len(recipients.numbers) // chunk_size)
-    content_values: dict[str, Any] = {
+    broadcast_values: dict[str, Any] = {
         # A template is stored as given and rendered per message at send time; a plain body with `{{` / `}}`
         # is stored unescaped, exactly as it is sent.
         "body": request.message if content.is_template else content.template.literal_text,
         "encoding": report.encoding,
         "characters": report.characters,
         "segments": report.segments,
-        "media_urls": list(request.media_urls) if request.media_urls else None,
-        "validity_period": request.validity_period,
         "smart_encoded": smart_encoding,
         "is_template": content.is_template,
-        "max_segments": request.max_segments,
-        "max_cost": request.max_cost,
         "estimated_cost": report.estimated_cost,
         "segments_total": report.segments_total,
         "segments_min": report.segments_min,
         "segments_max": report.segments_max,
+        **request.stored_values(),  # every option that has a column (shared.broadcasts.options)
     }
     if request.dry_run:
         preview = Broadcast(
@@ -299,8 +329,7 @@ def create_broadcast(
             invalid_sample=invalid_sample,
             chunk_size=chunk_size,
             chunk_count=chunk_count,
-            callback_url=request.callback_url,
-            **content_values,
+            **broadcast_values,
         )
         return IntakeResult(preview, created=False, dry_run=True)
     insert_broadcast = (
@@ -309,10 +338,7 @@ def create_broadcast(
             id=uuid.uuid4(),
             api_key_id=api_key_id,
             status=broadcast_store.initial_status(request.send_at).value,
-            send_at=request.send_at,
-            quiet_hours_start=request.quiet_hours[0] if request.quiet_hours else None,
-            quiet_hours_end=request.quiet_hours[1] if request.quiet_hours else None,
-            **content_values,
+            **broadcast_values,
             recipients_received=len(request.recipients),
             recipients_accepted=len(recipients.numbers),
             recipients_duplicates=recipients.duplicates,
@@ -322,7 +348,6 @@ def create_broadcast(
             chunk_count=chunk_count,
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
-            callback_url=request.callback_url,
         )
         # A concurrent request with the same Idempotency-Key waits here for the other transaction to finish.
         .on_conflict_do_nothing(
@@ -421,9 +446,21 @@ def decode_cursor(cursor: str) -> dict[str, Any]:
     return values
 
 
-def list_broadcasts(session: Session, api_key_id: int, *, cursor: str | None, limit: int) -> Page[Broadcast]:
-    """This key's broadcasts, newest first, `limit` at a time."""
+def list_broadcasts(
+    session: Session,
+    api_key_id: int,
+    *,
+    cursor: str | None,
+    limit: int,
+    filters: Mapping[str, Any] | None = None,
+) -> Page[Broadcast]:
+    """This key's broadcasts, newest first, `limit` at a time; `filters`: filterable options' exact values."""
     query = select(Broadcast).where(Broadcast.api_key_id == api_key_id)
+    for name, value in (filters or {}).items():
+        option = OPTIONS_BY_NAME[name]
+        if not option.filterable:
+            raise ValueError(f"broadcasts cannot be filtered by {name}")
+        query = query.where(getattr(Broadcast, option.columns[0]) == value)
     if cursor is not None:
         values = decode_cursor(cursor)
         try:

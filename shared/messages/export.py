@@ -1,4 +1,8 @@
-"""A broadcast's messages as CSV, read in keyset pages by id so a million rows never sit in memory at once."""
+"""A broadcast's messages as CSV, read in keyset pages by id so a million rows never sit in memory at once.
+
+After each message's own columns come the broadcast's options shown in the export (shared.broadcasts.options),
+the same on every row, so a file read on its own still says which broadcast it belongs to.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +11,15 @@ import io
 import uuid
 from collections.abc import Iterator
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.platform.models import Message
+from shared.broadcasts.options import View, shown_columns, shown_option_names, shown_values
+from shared.platform.models import Broadcast, Message
 
-EXPORT_COLUMNS = (
+MESSAGE_COLUMNS = (
     "number",
     "state",
     "twilio_sid",
@@ -26,11 +32,25 @@ EXPORT_COLUMNS = (
     "last_receipt_at",
     "final_at",
 )
+EXPORT_COLUMNS = (*MESSAGE_COLUMNS, *shown_option_names(View.MESSAGES_EXPORT))
 EXPORT_PAGE_SIZE = 5_000
 
 
 def _timestamp(value: datetime | None) -> str:
     return value.isoformat() if value is not None else ""
+
+
+def _broadcast_cells(session: Session, broadcast_id: uuid.UUID) -> tuple[Any, ...]:
+    """The broadcast's options shown in the export, as CSV cells (read once, not per message)."""
+    columns = shown_columns(View.MESSAGES_EXPORT)
+    if not columns:
+        return ()
+    row = session.execute(
+        select(*(getattr(Broadcast, column) for column in columns)).where(Broadcast.id == broadcast_id)
+    ).one_or_none()
+    if row is None:
+        return ("",) * len(columns)
+    return tuple("" if value is None else value for value in shown_values(row, View.MESSAGES_EXPORT).values())
 
 
 def export_messages_csv(
@@ -45,6 +65,7 @@ def export_messages_csv(
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_COLUMNS)
     yield buffer.getvalue()
+    broadcast_cells = _broadcast_cells(session, broadcast_id)
     after_id = 0
     while True:
         query = select(
@@ -83,6 +104,7 @@ def export_messages_csv(
                     _timestamp(row.sent_at),
                     _timestamp(row.last_receipt_at),
                     _timestamp(row.final_at),
+                    *broadcast_cells,
                 )
             )
         yield buffer.getvalue()

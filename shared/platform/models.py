@@ -126,9 +126,19 @@ class Broadcast(Base):
     recipients_deferred: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    client_reference: Mapped[str | None] = mapped_column(String(256))  # the caller's own id for the broadcast
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),
+        # One key's broadcasts with a given client_reference, newest first (the list filter).
+        Index(
+            "ix_broadcasts_client_reference",
+            "api_key_id",
+            "client_reference",
+            "created_at",
+            "id",
+            postgresql_where=text("client_reference IS NOT NULL"),
+        ),
         Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
         Index("ix_broadcasts_scheduled", "send_at", postgresql_where=text("status = 'scheduled'")),
         Index(

@@ -17,3 +17,20 @@ def split_url(url: str, max_characters: int) -> SplitResult | str:
     except ValueError:
         return "Must be a valid URL."
     return parts
+
+
+MAX_CALLBACK_URL_LENGTH = 2_000
+# Plain http is accepted only to these hosts, for development; anything else must be https.
+LOCAL_DEVELOPMENT_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def callback_url_problem(url: str) -> str | None:
+    """Why `url` cannot be a callback_url, or None when it can (pure: no DNS lookup, no request)."""
+    parts = split_url(url, MAX_CALLBACK_URL_LENGTH)
+    if isinstance(parts, str):
+        return parts
+    if parts.scheme == "https" and parts.hostname:
+        return None
+    if parts.scheme == "http" and parts.hostname in LOCAL_DEVELOPMENT_HOSTS:
+        return None
+    return "Must be an https:// URL (http:// only to localhost or 127.0.0.1, for development)."

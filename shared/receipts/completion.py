@@ -25,10 +25,10 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
+from shared.broadcasts.options import View, shown_columns, shown_values
 from shared.broadcasts.progress import AWAITING_RECEIPT_STATES, broadcast_progress
 from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
-from shared.platform.urls import split_url
 
 logger = logging.getLogger(__name__)
 
@@ -43,23 +43,6 @@ CALLBACK_TIMEOUT_SECONDS = 10.0
 # All are far shorter than the broker's visibility timeout (shared.platform.task_queue).
 CALLBACK_RETRY_DELAYS_SECONDS = (10, 30, 60, 300, 900, 1800)
 CALLBACK_MAX_ATTEMPTS = len(CALLBACK_RETRY_DELAYS_SECONDS) + 1
-
-
-MAX_CALLBACK_URL_LENGTH = 2_000
-# Plain http is accepted only to these hosts, for development; anything else must be https.
-LOCAL_DEVELOPMENT_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
-
-
-def callback_url_problem(url: str) -> str | None:
-    """Why `url` cannot be a callback_url, or None when it can (pure: no DNS lookup, no request)."""
-    parts = split_url(url, MAX_CALLBACK_URL_LENGTH)
-    if isinstance(parts, str):
-        return parts
-    if parts.scheme == "https" and parts.hostname:
-        return None
-    if parts.scheme == "http" and parts.hostname in LOCAL_DEVELOPMENT_HOSTS:
-        return None
-    return "Must be an https:// URL (http:// only to localhost or 127.0.0.1, for development)."
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,17 +88,29 @@ def forgotten_completion_callbacks(session: Session) -> list[uuid.UUID]:
     return list(rows)
 
 
+SUMMARY_COLUMNS = (
+    "id",
+    "status",
+    "recipients_accepted",
+    "created_at",
+    "first_send_at",
+    "last_send_at",
+    "last_receipt_at",
+    "submitted_at",
+    "completed_at",
+)
+
+
 def _timestamp(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
 def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, Any] | None:
-    """The JSON document POSTed to `callback_url`: the broadcast's final counts, rates, error codes and timing."""
+    """The JSON document POSTed to `callback_url`: the broadcast's final counts, rates, error codes and timing,
+    and the options it echoes (shared.broadcasts.options)."""
+    columns = ", ".join((*SUMMARY_COLUMNS, *shown_columns(View.COMPLETION_CALLBACK)))
     broadcast = session.execute(
-        text(
-            "SELECT id, status, recipients_accepted, created_at, first_send_at, last_send_at, last_receipt_at, "
-            "submitted_at, completed_at FROM broadcasts WHERE id = :id"
-        ),
+        text(f"SELECT {columns} FROM broadcasts WHERE id = :id"),  # noqa: S608 - declared names, never a request's
         {"id": broadcast_id},
     ).one_or_none()
     if broadcast is None:
@@ -137,6 +132,7 @@ def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, A
             "last_receipt_at": _timestamp(broadcast.last_receipt_at),
             "submitted_at": _timestamp(broadcast.submitted_at),
             "completed_at": _timestamp(broadcast.completed_at),
+            **shown_values(broadcast, View.COMPLETION_CALLBACK),
         },
     }
 

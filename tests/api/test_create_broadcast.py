@@ -323,3 +323,69 @@ def test_postgres_unreachable_is_503(settings: Settings, redis_client: redis.Red
         assert response.content_type == PROBLEM_JSON
         assert "PostgreSQL" in response.get_json()["detail"]
         assert redis_client.llen(SEND_QUEUE) == 0
+
+
+def test_a_client_reference_is_stored_and_echoed_by_intake_and_its_replay(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    reference = "crm/campaign 2026-11-29 · é" + "x" * 228  # 256 characters
+    request_body = {"message": "hi", "recipients": ["+447700900123"], "client_reference": reference}
+
+    first = post_broadcast(client, auth, request_body, **{"Idempotency-Key": "with-reference"})
+    replay = post_broadcast(client, auth, request_body, **{"Idempotency-Key": "with-reference"})
+    dry_run = post_broadcast(client, auth, {**request_body, "dry_run": True})
+
+    assert (first.status_code, replay.status_code, dry_run.status_code) == (202, 200, 200)
+    assert first.get_json()["client_reference"] == reference
+    assert replay.get_json()["client_reference"] == reference
+    assert dry_run.get_json()["client_reference"] == reference
+    db_session.rollback()
+    assert db_session.scalars(select(Broadcast.client_reference)).all() == [reference]
+
+
+def test_without_a_client_reference_it_is_null(client: FlaskClient, auth: dict[str, str], db_session: Session) -> None:
+    response = post_broadcast(client, auth, {"message": "hi", "recipients": ["+447700900123"]})
+
+    assert response.status_code == 202
+    assert response.get_json()["client_reference"] is None
+
+
+def test_the_idempotency_fingerprint_covers_the_client_reference_only_when_given(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    plain = {"message": "hi", "recipients": ["+447700900123"]}
+    first = post_broadcast(client, auth, plain, **{"Idempotency-Key": "k"})
+    with_reference = post_broadcast(client, auth, {**plain, "client_reference": "crm-1"}, **{"Idempotency-Key": "k"})
+    null_reference = post_broadcast(client, auth, {**plain, "client_reference": None}, **{"Idempotency-Key": "k"})
+
+    assert first.status_code == 202
+    assert with_reference.status_code == 409  # another request under the same key
+    assert null_reference.status_code == 200  # null is "not given": the same request as the first
+    assert stored_counts(db_session) == (1, 1)
+
+
+@pytest.mark.parametrize(
+    ("reference", "reason"),
+    [
+        ("", "1 to 256 characters"),
+        ("x" * 257, "1 to 256 characters"),
+        ("crm\t1", "control characters"),
+        ("crm\n1", "control characters"),
+        ("crm\x001", "control characters"),
+        ("crm\x7f1", "control characters"),
+        (42, "Not a valid string"),
+    ],
+    ids=["empty", "257-characters", "tab", "line-break", "nul", "delete", "not-a-string"],
+)
+def test_a_bad_client_reference_is_422_and_stores_nothing(
+    client: FlaskClient, auth: dict[str, str], db_session: Session, reference: Any, reason: str
+) -> None:
+    response = post_broadcast(
+        client, auth, {"message": "hi", "recipients": ["+447700900123"], "client_reference": reference}
+    )
+
+    assert response.status_code == 422
+    assert response.content_type == PROBLEM_JSON
+    [message] = response.get_json()["errors"]["client_reference"]
+    assert reason in message
+    assert stored_counts(db_session) == (0, 0)

@@ -219,6 +219,56 @@ def test_options_in_headers_carry_utf8_and_are_checked_like_json(
     assert "validity_period" in refused.get_json()["errors"]
 
 
+def test_a_client_reference_is_taken_from_the_query_a_header_or_a_form_field(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    text = "phone\n+15550000001\n"
+    from_query = post_csv(client, auth, text, message="hi", client_reference="crm-query")
+    from_header = client.post(
+        "/v1/broadcasts",
+        query_string={"message": "hi"},
+        data=text.encode(),
+        headers={
+            **auth,
+            "Content-Type": "text/csv",
+            "X-Bulksms-Client-Reference": "crm-é".encode().decode("latin-1"),
+        },
+    )
+    from_form = client.post(
+        "/v1/broadcasts",
+        data={
+            "file": (io.BytesIO(text.encode()), "voters.csv", "text/csv"),
+            "message": "hi",
+            "client_reference": "crm-form",
+        },
+        headers=auth,
+        content_type="multipart/form-data",
+    )
+
+    assert [response.status_code for response in (from_query, from_header, from_form)] == [202, 202, 202]
+    assert [response.get_json()["client_reference"] for response in (from_query, from_header, from_form)] == [
+        "crm-query",
+        "crm-é",
+        "crm-form",
+    ]
+    db_session.rollback()
+    stored = db_session.scalars(select(Broadcast.client_reference).order_by(Broadcast.created_at)).all()
+    assert sorted(stored) == ["crm-form", "crm-query", "crm-é"]
+
+
+def test_a_csv_upload_with_a_bad_client_reference_is_422_and_stores_nothing(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    too_long = post_csv(client, auth, "phone\n+15550000001\n", message="hi", client_reference="x" * 257)
+    line_break = post_csv(client, auth, "phone\n+15550000001\n", message="hi", client_reference="crm\n1")
+
+    for response in (too_long, line_break):
+        assert response.status_code == 422
+        assert response.content_type == PROBLEM_JSON
+        assert "client_reference" in response.get_json()["errors"]
+    assert stored_counts(db_session) == (0, 0)
+
+
 def test_a_csv_over_the_size_limit_is_413_and_stores_nothing(
     settings: Settings, engine: Any, redis_client: redis.Redis, auth: dict[str, str], db_session: Session
 ) -> None:

@@ -198,6 +198,26 @@ def test_the_broadcast_page_explains_failures_by_code(
     assert 'id="activity-chart"' in html and 'class="send"' in html and 'class="receipt"' in html
 
 
+def test_the_broadcast_page_shows_the_client_reference_escaped(signed_in: FlaskClient, key: SignedKey) -> None:
+    reference = "<b>crm</b> & spring"
+    body = {"message": "hi", "recipients": ["+15550000001"], "client_reference": reference}
+    created = signed_in.post("/v1/broadcasts", json=body, headers={"Authorization": f"Bearer {key.plaintext}"})
+    plain = signed_in.post(
+        "/v1/broadcasts",
+        json={"message": "hi", "recipients": ["+15550000002"]},
+        headers={"Authorization": f"Bearer {key.plaintext}"},
+    )
+    assert (created.status_code, plain.status_code) == (202, 202)
+
+    html = signed_in.get(f"/dashboard/broadcasts/{created.get_json()['id']}").get_data(as_text=True)
+    without = signed_in.get(f"/dashboard/broadcasts/{plain.get_json()['id']}").get_data(as_text=True)
+
+    row = re.search(r'<tr class="option-client_reference"><th>(.*?)</th><td>(.*?)</td></tr>', html)
+    assert row is not None
+    assert row.groups() == ("client reference", "&lt;b&gt;crm&lt;/b&gt; &amp; spring")
+    assert "option-client_reference" not in without
+
+
 def test_the_page_refreshes_itself_only_while_the_broadcast_runs(
     signed_in: FlaskClient, key: SignedKey, db_session: Session
 ) -> None:

@@ -72,6 +72,7 @@ def test_export_streams_every_message_once_with_its_columns(
         "sent_at": "2026-11-29T17:00:00+00:00",
         "last_receipt_at": "2026-11-29T17:00:00+00:00",
         "final_at": "2026-11-29T17:00:00+00:00",
+        "client_reference": "",  # the broadcast has none
     }
     assert datetime.fromisoformat(rows[0]["created_at"]).tzinfo is not None
     assert rows[1]["state"] == "pending" and rows[1]["twilio_sid"] == "" and rows[1]["error_code"] == ""
@@ -104,3 +105,16 @@ def test_another_keys_broadcast_is_404_and_no_key_is_401(
     assert response.status_code == 404
     assert response.content_type == "application/problem+json"
     assert client.get(f"/v1/broadcasts/{broadcast_id}/messages.csv").status_code == 401
+
+
+def test_every_row_carries_the_broadcasts_client_reference(client: FlaskClient, auth: dict[str, str]) -> None:
+    reference = 'crm, "spring" 2026 · é'  # a comma and quotes: quoted as CSV
+    body = {"message": "hi", "recipients": phone_numbers(3), "client_reference": reference}
+    broadcast_id = post_broadcast(client, auth, body).get_json()["id"]
+
+    response = client.get(f"/v1/broadcasts/{broadcast_id}/messages.csv", headers=auth)
+
+    assert response.status_code == 200
+    header = response.get_data(as_text=True).splitlines()[0]
+    assert header.endswith(",final_at,client_reference")
+    assert [row["client_reference"] for row in rows_of(response.get_data(as_text=True))] == [reference] * 3

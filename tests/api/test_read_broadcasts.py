@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import Engine, event, update
 from sqlalchemy.orm import Session
 
 from shared.platform.models import Message
@@ -132,3 +133,83 @@ def test_unknown_broadcast_is_404(client: FlaskClient, auth: dict[str, str]) -> 
         response = client.get(path, headers=auth)
         assert response.status_code == 404
         assert response.content_type == "application/problem+json"
+
+
+def create_with_reference(client: FlaskClient, auth: dict[str, str], reference: str | None, start: int) -> str:
+    body = {"message": "hi", "recipients": phone_numbers(1, start), "client_reference": reference}
+    response = post_broadcast(client, auth, body)
+    assert response.status_code == 202, response.get_json()
+    return str(response.get_json()["id"])
+
+
+def test_the_client_reference_is_shown_by_the_broadcast_and_the_list(client: FlaskClient, auth: dict[str, str]) -> None:
+    with_reference = create_with_reference(client, auth, "crm-7", 0)
+    without = create_with_reference(client, auth, None, 1)
+
+    detail = client.get(f"/v1/broadcasts/{with_reference}", headers=auth).get_json()
+    listed = {item["id"]: item for item in client.get("/v1/broadcasts", headers=auth).get_json()["items"]}
+
+    assert detail["client_reference"] == "crm-7"
+    assert listed[with_reference]["client_reference"] == "crm-7"
+    assert listed[without]["client_reference"] is None
+
+
+def test_the_list_filters_by_exact_client_reference_for_the_key_only(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    from shared.platform.api_keys import create_api_key
+
+    matching = [create_with_reference(client, auth, "crm-7", index) for index in range(3)]
+    create_with_reference(client, auth, "crm-77", 3)
+    create_with_reference(client, auth, "CRM-7", 4)
+    create_with_reference(client, auth, None, 5)
+    _, other_key = create_api_key(db_session, "other team")
+    create_with_reference(client, {"Authorization": f"Bearer {other_key}"}, "crm-7", 6)
+
+    seen: list[str] = []
+    url: str | None = "/v1/broadcasts?client_reference=crm-7&limit=2"
+    while url is not None:
+        page = client.get(url, headers=auth).get_json()
+        seen.extend(item["id"] for item in page["items"])
+        url = page["links"]["next"]
+        assert url is None or parse_qs(urlsplit(url).query)["client_reference"] == ["crm-7"]
+
+    assert seen == list(reversed(matching))
+    nothing = client.get("/v1/broadcasts?client_reference=crm-8", headers=auth)
+    assert nothing.status_code == 200 and nothing.get_json()["items"] == []
+
+
+def test_a_bad_client_reference_filter_is_422(client: FlaskClient, auth: dict[str, str]) -> None:
+    for value in ("", "x" * 257, "crm%0A7"):
+        response = client.get(f"/v1/broadcasts?client_reference={value}", headers=auth)
+        assert response.status_code == 422, value
+        assert response.content_type == "application/problem+json"
+        assert "client_reference" in response.get_json()["errors"]
+
+
+def test_the_client_reference_filter_is_answered_from_its_index(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    create_with_reference(client, auth, "crm-7", 0)
+    statements: list[tuple[str, Any]] = []
+
+    def capture(_connection: Any, _cursor: Any, statement: str, parameters: Any, *_args: Any) -> None:
+        if "client_reference =" in statement:
+            statements.append((statement, parameters))
+
+    event.listen(Engine, "before_cursor_execute", capture)  # every engine: the app has its own
+    try:
+        assert client.get("/v1/broadcasts?client_reference=crm-7", headers=auth).status_code == 200
+    finally:
+        event.remove(Engine, "before_cursor_execute", capture)
+
+    [(statement, parameters)] = statements
+    raw = db_session.connection().connection.dbapi_connection
+    assert raw is not None
+    with raw.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")  # a handful of rows would otherwise be read in full
+        cursor.execute("EXPLAIN " + statement, parameters)
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    db_session.rollback()
+    assert "ix_broadcasts_client_reference" in plan, plan
+    assert "Sort" not in plan, plan  # newest first straight from the index

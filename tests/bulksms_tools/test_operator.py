@@ -199,6 +199,28 @@ def test_status_list_pause_resume_cancel_and_export(stack: Stack, tmp_path: Path
     assert len(list(csv.reader(io.StringIO(to_stdout.stdout)))) == 1  # the header only
 
 
+def test_send_with_a_client_reference_then_list_by_it(stack: Stack, tmp_path: Path) -> None:
+    send_at = (datetime.now(UTC) + timedelta(days=10)).isoformat(timespec="seconds")
+    ids = {}
+    for reference, start in (("crm-cli-1", 400), ("crm-cli-2", 410)):
+        contacts = contacts_csv(tmp_path / f"{reference}.csv", 2, start=start)
+        sent = stack.run(
+            "send", str(contacts), "-m", "Tagged", "--yes", "--send-at", send_at, "--client-reference", reference
+        )
+        assert sent.exit_code == 0, sent.output
+        assert tally(sent.output)["client reference"] == reference
+        ids[reference] = re.search(r"accepted as broadcast ([0-9a-f-]{36})", sent.output).group(1)  # type: ignore[union-attr]
+
+    listed = stack.run("list", "--client-reference", "crm-cli-1")
+    assert listed.exit_code == 0, listed.output
+    assert ids["crm-cli-1"] in listed.output and "crm-cli-1" in listed.output
+    assert ids["crm-cli-2"] not in listed.output
+    status = stack.run("status", ids["crm-cli-2"])
+    assert tally(status.output)["client reference"] == "crm-cli-2"
+    nothing = stack.run("list", "--client-reference", "crm-nobody")
+    assert nothing.exit_code == 0 and "no broadcast has the client reference 'crm-nobody'" in nothing.output
+
+
 def test_pause_and_resume_a_sending_broadcast(stack: Stack, tmp_path: Path) -> None:
     contacts = contacts_csv(tmp_path / "contacts.csv", 3000, start=1000)
     sent = stack.run("send", str(contacts), "-m", "Bulk", "--yes")

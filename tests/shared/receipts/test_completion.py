@@ -12,12 +12,15 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.broadcasts import intake
+from shared.broadcasts.intake import BroadcastRequest
+from shared.platform.api_keys import create_api_key
 from shared.platform.db import create_session_factory
 from shared.platform.models import ApiKey, BroadcastStatus, MessageState
+from shared.platform.urls import callback_url_problem
 from shared.receipts.completion import (
     SIGNATURE_HEADER,
     callback_retry_delay,
-    callback_url_problem,
     complete_broadcasts,
     completion_summary,
     deliver_completion_callback,
@@ -161,8 +164,24 @@ def test_the_completion_callback_is_posted_once_signed_with_the_keys_secret(
         {"error_code": 21211, "count": 1},
         {"error_code": 30007, "count": 1},
     ]
+    assert summary["broadcast"]["client_reference"] is None  # none was given
     broadcast = broadcast_of(db_session, broadcast_id)
     assert broadcast.callback_sent_at is not None and broadcast.callback_attempts == 1
+
+
+def test_the_completion_summary_carries_the_client_reference_given_at_intake(db_session: Session) -> None:
+    api_key, _ = create_api_key(db_session, "crm")
+    request = BroadcastRequest("hi", numbers(4), options={"client_reference": "crm-campaign-7"})
+    broadcast = intake.create_broadcast(db_session, api_key_id=api_key.id, request=request, chunk_size=100).broadcast
+    put_in_states(db_session, broadcast.id, ALL_FINAL)
+    complete_broadcasts(db_session, IDLE_SECONDS)
+    db_session.commit()
+
+    summary = completion_summary(db_session, broadcast.id)
+
+    assert summary is not None
+    assert summary["broadcast"]["client_reference"] == "crm-campaign-7"
+    assert summary["broadcast"]["status"] == "completed"
 
 
 def test_a_failing_callback_url_is_tried_up_to_the_limit_then_given_up(
