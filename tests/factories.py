@@ -1,20 +1,30 @@
-"""Plain functions that insert rows directly, for tests of the worker side (no API involved)."""
+"""Plain functions that insert rows directly, for tests of the worker side (no API involved).
+
+A broadcast's computed columns (encoding, segments, recipient counts, chunk count, cost) come from the same pure
+functions intake uses (shared.broadcasts.content), so a factory broadcast is the one intake would store.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import math
 import secrets
 import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.broadcasts.content import Pricing, check_template_recipients, prepare_recipients, report_content
 from shared.platform.models import ApiKey, Broadcast, BroadcastStatus, Message, MessageState
+from shared.platform.settings import Settings
 
 DEFAULT_BODY = "Hello from the worker tests"
+# What intake prices a broadcast at when no price table is configured.
+DEFAULT_PRICING = Pricing(Decimal(str(Settings.price_per_segment)))
 
 
 def create_api_key(session: Session, name: str = "tests") -> ApiKey:
@@ -45,24 +55,40 @@ def create_broadcast(
     enqueued: bool = True,
     created_ago: timedelta = timedelta(0),
 ) -> Broadcast:
-    """A broadcast whose recipients are all `pending`, chunk k holding recipients k*chunk_size onwards."""
+    """A `queued` broadcast of `body` to `recipients` as intake would store it, every message `pending`, chunk k
+    holding recipients k*chunk_size onwards. Intake's rules that read the database (opt-outs, quiet hours) are not
+    applied. A list intake would refuse raises: ValueError for an invalid number, TemplateRecipientsError for a
+    template value missing."""
     api_key = api_key or create_api_key(session)
+    content = prepare_recipients(body, recipients)
+    accepted = content.recipients
+    if accepted.invalid_count or not accepted.numbers:
+        raise ValueError(f"intake would refuse these recipients: {[i.as_dict() for i in accepted.invalid_sample]}")
+    check_template_recipients(content)
+    report = report_content(content, body, media_urls=None, smart_encoded=False, pricing=DEFAULT_PRICING)
     broadcast = Broadcast(
         id=uuid.uuid4(),
         api_key_id=api_key.id,
-        body=body,
+        # A template is stored as given; a plain body with `{{` / `}}` unescaped, as it is sent.
+        body=body if content.is_template else content.template.literal_text,
+        is_template=content.is_template,
         status=BroadcastStatus.QUEUED,
-        encoding="GSM-7",
-        characters=len(body),
-        segments=1,
+        encoding=report.encoding,
+        characters=report.characters,
+        segments=report.segments,
+        segments_min=report.segments_min,
+        segments_max=report.segments_max,
+        segments_total=report.segments_total,
+        estimated_cost=report.estimated_cost,
         recipients_received=len(recipients),
-        recipients_accepted=len(recipients),
-        recipients_duplicates=0,
+        recipients_accepted=len(accepted.numbers),
+        recipients_duplicates=accepted.duplicates,
         recipients_invalid=0,
         invalid_sample=[],
         chunk_size=chunk_size,
-        chunk_count=-(-len(recipients) // chunk_size),
+        chunk_count=math.ceil(len(accepted.numbers) / chunk_size),
     )
+    variables = content.variables or [None] * len(accepted.numbers)
     session.add(broadcast)
     session.flush()
     session.add_all(
@@ -72,8 +98,9 @@ def create_broadcast(
             to_number=number,
             state=MessageState.PENDING,
             attempts=0,
+            variables=values,
         )
-        for index, number in enumerate(recipients)
+        for index, (number, values) in enumerate(zip(accepted.numbers, variables, strict=True))
     )
     session.flush()
     timestamps: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from typing import Any
 
 from celery import signals
 
-from shared.platform.logging_config import configure_logging, connect_celery_task_context
+from shared.platform.logging_config import configure_logging
 from shared.platform.settings import Settings, SettingsError, load_settings
 from shared.platform.task_queue import create_celery_app
 from shared.sending.chunks import LEASE_SAFETY_MARGIN_SECONDS, SendingResources
@@ -58,11 +58,8 @@ def sending_resources() -> SendingResources:
 
 @signals.setup_logging.connect
 def _configure_logging(**_: Any) -> None:
-    # JSON lines carrying the task id and broadcast id of the task in hand (shared.platform.logging_config).
+    # JSON lines carrying the task id and broadcast id of the task in hand (bound in worker.task_base).
     configure_logging(settings, "worker")
-
-
-connect_celery_task_context()
 
 
 @signals.worker_process_init.connect

@@ -6,12 +6,11 @@ from __future__ import annotations
 import logging
 
 import redis
-from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from shared.platform.task_queue import APPLY_STATUS_EVENTS_TASK
 from shared.receipts.events import drain_status_stream
-from worker.app import celery_app, sending_resources, settings
+from worker.app import settings
+from worker.task_base import BulksmsTask, SkipThisRun, worker_task
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +27,11 @@ def status_redis_client() -> redis.Redis:
     return _redis_client
 
 
-@celery_app.task(name=APPLY_STATUS_EVENTS_TASK)
-def apply_status_events_task() -> None:
+# On an outage the batch in hand stays pending in the stream; the next run (a second later) applies it again.
+@worker_task(APPLY_STATUS_EVENTS_TASK, on_infrastructure_error=SkipThisRun("status events not applied"))
+def apply_status_events_task(self: BulksmsTask) -> None:
     """Apply queued status callbacks in batches; nothing is acknowledged in Redis before it is committed."""
-    try:
-        report = drain_status_stream(sending_resources().session_factory, status_redis_client(), settings)
-    except (OperationalError, InterfaceError, RedisError) as error:
-        # The batch in hand stays pending in the stream; the next run (a second later) applies it again.
-        logger.warning("status events not applied this run: %s: %s", type(error).__name__, error)
-        return
+    report = drain_status_stream(self.session_factory, status_redis_client(), settings)
     if report.callbacks:
         logger.info(
             "status events: %d callbacks in %d batches (slot %s): %s",

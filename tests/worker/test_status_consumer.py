@@ -3,22 +3,18 @@ goes away or a consumer is killed mid-batch, and nothing is applied twice."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 from flask.testing import FlaskClient
-from sqlalchemy import Engine, create_engine, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import Engine, text, update
 from sqlalchemy.orm import Session
 
 from api.webhook_app import create_webhook_app
 from bulksms_tools.local_services import EmbeddedPostgres
-from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url
-from shared.platform.migrate import upgrade_to_head
+from shared.platform.db import create_database_engine, create_session_factory
 from shared.platform.models import Message
 from shared.platform.settings import Settings
 from shared.receipts.status_queue import CONSUMER_GROUP, STREAM_KEY, push_callback
@@ -70,24 +66,6 @@ def stored_events(engine: Engine) -> tuple[int, int, int]:
 def stream_drained(client: redis.Redis) -> bool:
     pending = client.xpending(STREAM_KEY, CONSUMER_GROUP)["pending"] if client.exists(STREAM_KEY) else 0
     return client.xlen(STREAM_KEY) == 0 and pending == 0
-
-
-@pytest.fixture
-def outage_settings(embedded_postgres: EmbeddedPostgres, settings: Settings) -> Iterator[Settings]:
-    """Settings on a database of the suite's own PostgreSQL server, which this test may stop and start."""
-    server_url = embedded_postgres.start()
-    name = f"bulksms_outage_{os.getpid()}"
-    admin = create_engine(sqlalchemy_url(server_url), isolation_level="AUTOCOMMIT", pool_pre_ping=True)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(sqlalchemy_url(server_url)).set(database=name).render_as_string(hide_password=False)
-    upgrade_to_head(url)
-    yield settings.replace(database_url=url)
-    embedded_postgres.start()  # running again whatever happened in the test
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def test_callbacks_during_a_postgres_outage_are_applied_after_it_returns(
