@@ -435,6 +435,8 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "TWILIO_AUTH_TOKEN",
             "TWILIO_MESSAGING_SERVICE_SID",
             "TWILIO_AUTH_TOKEN_PREVIOUS",
+            "TWILIO_API_KEY_SID",
+            "TWILIO_API_KEY_SECRET",
             "TWILIO_API_BASE_URL",
             "PUBLIC_BASE_URL",
             "TWILIO_MAX_CONCURRENCY",
@@ -604,6 +606,8 @@ def simulator(
         "--account-sid", account_sid, "--auth-token", auth_token,
         "--latency-ms", str(latency_ms), "--max-concurrency", str(max_concurrency),
     ]  # fmt: skip
+    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:  # the workers may send with the API Key
+        arguments += ["--api-key-sid", settings.twilio_api_key_sid, "--api-key-secret", settings.twilio_api_key_secret]
     _exec([*arguments, *ctx.args])
 
 

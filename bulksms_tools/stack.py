@@ -300,6 +300,7 @@ class LocalStack:
                 requested.twilio_account_sid,
                 requested.twilio_auth_token,
                 requested.twilio_messaging_service_sid,
+                requested.twilio_api_key_sid,
             )
         )
 

@@ -205,6 +205,7 @@ def settings_secrets(settings: Settings) -> list[str]:
     candidates = (
         settings.twilio_auth_token,
         settings.twilio_auth_token_previous,
+        settings.twilio_api_key_secret,
     )
     return [value for value in candidates if value]
 

@@ -49,6 +49,10 @@ class Settings:
         "The Auth Token being rotated out: callbacks it signed are still accepted",
         default=None,
     )
+    twilio_api_key_sid: str | None = _env(
+        "TWILIO_API_KEY_SID", "API Key SID (SK...) for sending, instead of the Auth Token", default=None
+    )
+    twilio_api_key_secret: str | None = _env("TWILIO_API_KEY_SECRET", "That API Key's secret", default=None)
     twilio_api_base_url: str = _env(
         "TWILIO_API_BASE_URL",
         "Where the workers send; any Twilio-compatible endpoint",
@@ -177,7 +181,18 @@ class Settings:
 
     @property
     def twilio_configured(self) -> bool:
-        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_messaging_service_sid)
+        """Enough to send: the account, the Messaging Service and REST credentials (Auth Token or API Key)."""
+        return bool(self.twilio_account_sid and self.twilio_messaging_service_sid and self.twilio_rest_credentials)
+
+    @property
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for Twilio's REST API: the API Key when one is set (it can be revoked alone),
+        else the Account SID and Auth Token; None when neither is complete."""
+        if self.twilio_api_key_sid and self.twilio_api_key_secret:
+            return self.twilio_api_key_sid, self.twilio_api_key_secret
+        if self.twilio_account_sid and self.twilio_auth_token:
+            return self.twilio_account_sid, self.twilio_auth_token
+        return None
 
     @property
     def twilio_webhook_tokens(self) -> tuple[str, ...]:
@@ -233,6 +248,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
+    if bool(settings.twilio_api_key_sid) != bool(settings.twilio_api_key_secret):
+        raise SettingsError("settings TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET must be set together")
     try:
         settings.delivery_retry_codes  # noqa: B018 - parsed here so a typo fails at start-up
     except ValueError:
