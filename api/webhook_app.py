@@ -1,7 +1,7 @@
 """`create_webhook_app(settings)`: Twilio's webhooks as their own service (no database engine, Redis only).
 
-Status callbacks and inbound replies, `/healthz`, `/readyz` and `/metrics`.
-Run it with `gunicorn api.webhook_wsgi:app` on WEBHOOK_PORT;
+Status callbacks and inbound replies, `/healthz`, `/readyz`, and `/metrics` only when METRICS_TOKEN is set: this
+is the process that faces the internet. Run it with `gunicorn api.webhook_wsgi:app` on WEBHOOK_PORT;
 `create_app` serves the same webhook routes on PORT.
 """
 
@@ -47,7 +47,8 @@ def readyz() -> Response:
 
 
 def create_webhook_app(settings: Settings) -> Flask:
-    """Only the webhook routes, health checks and metrics; needs REDIS_URL and TWILIO_AUTH_TOKEN, not DATABASE_URL."""
+    """Only the webhook routes, health checks and (with METRICS_TOKEN) metrics; needs REDIS_URL and
+    TWILIO_AUTH_TOKEN, not DATABASE_URL."""
     settings.require("redis_url")
     app = Flask(__name__)
     # The webhook routes read at most WEBHOOK_MAX_BODY_BYTES themselves; nothing else here takes a body.
@@ -56,5 +57,6 @@ def create_webhook_app(settings: Settings) -> Flask:
     register_error_handlers(app)
     init_webhooks(app, settings)
     app.register_blueprint(health_blueprint)
-    init_metrics(app, settings, app.extensions[EXTENSION_NAME].redis_client)  # Redis only: no database gauges
+    if settings.metrics_token:  # internet-facing: metrics only behind the token
+        init_metrics(app, settings, app.extensions[EXTENSION_NAME].redis_client)  # Redis only: no database gauges
     return app

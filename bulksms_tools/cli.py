@@ -471,6 +471,7 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "WEBHOOK_READ_TIMEOUT_SECONDS",
         ],
     ),
+    ("Metrics.", ["METRICS_TOKEN"]),
     ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
     (
         "The client commands (`bulksms send`, `status`, `export`, `opt-outs`, ...): where the API is, and the key.",

@@ -15,6 +15,8 @@ from bulksms_tools.local_services import ManagedProcess
 from shared.platform.settings import Settings, settings_to_environment
 from tests.conftest import REPOSITORY_ROOT
 
+ACCESS_LOGGER = "api.access_log.MaskedAccessLogger"
+
 
 def start_gunicorn(
     name: str,
@@ -36,6 +38,7 @@ def start_gunicorn(
         "--bind", f"127.0.0.1:{port}",
         "--worker-class", "gthread", "--workers", str(workers), "--threads", str(threads),
         "--keep-alive", "30", "--timeout", "120",
+        "--logger-class", ACCESS_LOGGER,
     ]  # fmt: skip
     if access_log:
         command += ["--access-logfile", "-"]

@@ -206,6 +206,7 @@ def settings_secrets(settings: Settings) -> list[str]:
         settings.twilio_auth_token,
         settings.twilio_auth_token_previous,
         settings.twilio_api_key_secret,
+        settings.metrics_token,
     )
     return [value for value in candidates if value]
 

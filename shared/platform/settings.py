@@ -120,6 +120,11 @@ class Settings:
     webhook_read_timeout_seconds: float = _env(
         "WEBHOOK_READ_TIMEOUT_SECONDS", "A webhook body not fully received after this long is cut off", default=3.0
     )
+    metrics_token: str | None = _env(
+        "METRICS_TOKEN",
+        "Bearer token for GET /metrics; unset: the API serves it openly, the webhook service not at all",
+        default=None,
+    )
     smart_encoding: bool = _env(
         "SMART_ENCODING",
         "Send SmartEncoded=true and count segments after Twilio's look-alike replacements",

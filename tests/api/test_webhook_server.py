@@ -1,5 +1,5 @@
 """The webhooks under real gunicorn (gthread, as docker-compose and `bulksms up` run them), on both processes that
-serve them: bodies that are refused before they arrive, cut at the limit, or trickle in."""
+serve them: bodies that are refused before they arrive, cut at the limit, or trickle in; and the access log."""
 
 from __future__ import annotations
 
@@ -7,18 +7,21 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 import requests
 
 from bulksms_tools.local_services import ManagedProcess, find_free_port
+from shared.platform.logging_config import mask_phone_numbers
 from shared.platform.settings import Settings
 from shared.receipts.status_queue import STREAM_KEY
 from tests.gunicorn_servers import closed_by_server, open_request, read_status, start_gunicorn
 from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature
 
 TOKEN = "test-auth-token-0123456789abcdef"
+METRICS_TOKEN = "metrics-token-for-the-log-test"
 PUBLIC_URL = "https://sms.example.com"
 INBOUND_PATH = "/webhooks/twilio/inbound"
 READ_TIMEOUT_SECONDS = 2.0
@@ -32,6 +35,7 @@ def server_settings(api_settings: Settings) -> Settings:
         twilio_auth_token=TOKEN,
         public_base_url=PUBLIC_URL,
         webhook_read_timeout_seconds=READ_TIMEOUT_SECONDS,
+        metrics_token=METRICS_TOKEN,
     )
 
 
@@ -136,3 +140,22 @@ def test_a_trickling_body_is_cut_off_after_the_read_timeout(port: int, redis_cli
         assert post_signed_callback(port, session).status_code == 204
         assert post_signed_callback(port, session).status_code == 204
     assert redis_client.xlen(STREAM_KEY) == 2
+
+
+def test_the_access_log_masks_phone_numbers_and_secrets(servers: dict[str, tuple[int, Path]], db_session: Any) -> None:
+    port, log_path = servers["api"]
+    user_agent = f"probe token={METRICS_TOKEN}"
+    for method, path in (
+        ("GET", "/v1/opt-outs?search=%2B447700900123"),
+        ("DELETE", "/v1/opt-outs/+447700900124"),
+        ("GET", "/metrics?probe=%2B447700900125"),
+    ):
+        requests.request(method, f"http://127.0.0.1:{port}{path}", headers={"User-Agent": user_agent}, timeout=10)
+    deadline = time.monotonic() + 10
+    while "0125" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    log = log_path.read_text()
+    for number in ("%2B447700900123", "+447700900124", "%2B447700900125"):
+        assert mask_phone_numbers(number) in log  # as the application's own lines mask them
+    for secret in ("447700900123", "447700900124", "447700900125", METRICS_TOKEN):
+        assert secret not in log
