@@ -2,9 +2,10 @@
 
 The webhooks face the internet, so a body is read only after the cheap checks passed, never beyond
 `WEBHOOK_MAX_BODY_BYTES` (a `Content-Length` above it is refused unread; a chunked body is cut at the limit) and
-never for longer than `WEBHOOK_READ_TIMEOUT_SECONDS` in all. A socket timeout cannot give that total deadline:
-gunicorn's body reader loops over `recv` until it has what it was asked for, and each `recv` gets the whole
-timeout again, so a client sending a byte a second would hold a thread for hours. Instead `ReadDeadlines` keeps
+never for longer than `WEBHOOK_READ_TIMEOUT_SECONDS` in all (less while another read waits: `ReadDeadlines`).
+A socket timeout cannot give that total deadline: gunicorn's body reader loops over `recv` until it has what it
+was asked for, and each `recv` gets the whole timeout again, so a client sending a byte a second would hold a
+thread for hours. Instead `ReadDeadlines` keeps
 one thread per process that shuts the read side of a socket whose deadline passed: the blocked `recv` then
 returns end-of-file at once and the request is answered 408.
 
@@ -15,17 +16,19 @@ only the size limit applies there.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import os
 import socket
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 WSGIEnvironment = dict[str, Any]
 GUNICORN_SOCKET_KEY = "gunicorn.socket"
 READ_STEP_BYTES = 4096
+# The deadline of a read that starts while another read of this process is already waiting (see ReadDeadlines).
+CONGESTED_TIMEOUT_SECONDS = 0.5
 
 
 class BodyRefused(Exception):
@@ -46,53 +49,73 @@ class _Watch:
         self.done = False  # the reader finished (or gave up) before the deadline
         self.expired = False  # the deadline passed first: the read side was shut
 
+    def __lt__(self, other: _Watch) -> bool:
+        return self.deadline < other.deadline
+
 
 class ReadDeadlines:
-    """Shuts the read side of a socket whose body is not in after `timeout_seconds` (one thread per process).
+    """Shuts the read side of a socket whose body is not in by its deadline (one thread per process).
 
-    Every watch has the same timeout, so deadlines arrive in order and a queue is enough; a finished read is
-    only marked done (constant time) and dropped from the queue when the thread gets to it.
+    A read gets `timeout_seconds` when it is the only one waiting in this process, and
+    `CONGESTED_TIMEOUT_SECONDS` when another is already waiting. A genuine body is in the socket with its headers,
+    so its read never waits at all; slow clients are what make reads wait, and gunicorn queues every connection
+    a process accepted behind that process's few threads. Without the shorter deadline, twenty slow clients that
+    land on one process of two threads would hold it for ten rounds of the full timeout while genuine callbacks
+    queue behind them; with it, only one of them at a time gets the full timeout.
+    A finished read is only marked done (constant time) and dropped when its deadline comes up.
     """
 
-    def __init__(self, timeout_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        timeout_seconds: float,
+        congested_timeout_seconds: float = CONGESTED_TIMEOUT_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.timeout_seconds = timeout_seconds
+        self.congested_timeout_seconds = min(timeout_seconds, congested_timeout_seconds)
         self._clock = clock
         self._condition = threading.Condition()
-        self._queue: deque[_Watch] = deque()
+        self._deadlines: list[_Watch] = []  # a heap, earliest deadline first
+        self._waiting = 0  # reads in progress in this process
         self._owner_pid: int | None = None
 
     def watch(self, connection: socket.socket) -> _Watch:
-        watch = _Watch(connection, self._clock() + self.timeout_seconds)
         with self._condition:
             if self._owner_pid != os.getpid():  # first use, or in a forked child: its own thread
                 self._owner_pid = os.getpid()
-                self._queue.clear()
+                self._deadlines.clear()
+                self._waiting = 0
                 threading.Thread(target=self._run, name="webhook-read-deadlines", daemon=True).start()
-            self._queue.append(watch)
-            if len(self._queue) == 1:
+            timeout = self.timeout_seconds if self._waiting == 0 else self.congested_timeout_seconds
+            watch = _Watch(connection, self._clock() + timeout)
+            self._waiting += 1
+            heapq.heappush(self._deadlines, watch)
+            if self._deadlines[0] is watch:
                 self._condition.notify()
         return watch
 
     def finish(self, watch: _Watch) -> bool:
         """Stop watching; True when the deadline had already cut the read."""
         with self._condition:
-            watch.done = True
+            if not watch.done:
+                watch.done = True
+                self._waiting -= 1
             return watch.expired
 
     def _run(self) -> None:
         with self._condition:
             while True:
-                while self._queue and self._queue[0].done:
-                    self._queue.popleft()
-                if not self._queue:
+                while self._deadlines and self._deadlines[0].done:
+                    heapq.heappop(self._deadlines)
+                if not self._deadlines:
                     self._condition.wait()
                     continue
-                head = self._queue[0]
+                head = self._deadlines[0]
                 remaining = head.deadline - self._clock()
                 if remaining > 0:
                     self._condition.wait(remaining)
                     continue
-                self._queue.popleft()
+                heapq.heappop(self._deadlines)
                 # Under the lock, so a reader that called finish() never has its socket (or a reused one) cut.
                 head.expired = True
                 stop_reading_socket(head.connection)
@@ -149,7 +172,7 @@ def read_bounded_body(environ: WSGIEnvironment, limit: int, deadlines: ReadDeadl
     finally:
         expired = watch is not None and deadlines.finish(watch)
     if expired:
-        raise BodyRefused(408, f"The request body did not arrive within {deadlines.timeout_seconds:g} seconds.")
+        raise BodyRefused(408, "The request body did not arrive in time.")
     if received > limit:
         raise BodyRefused(413, f"A Twilio webhook body is at most {limit} bytes.")
     if length is not None and received < length:
