@@ -43,7 +43,6 @@ INBOUND_PATH = "/webhooks/twilio/inbound"
 EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
 WEBHOOK_PATHS = frozenset({STATUS_CALLBACK_PATH, INBOUND_PATH})
 EXTENSION_NAME = "bulksms.webhooks"
-SIGNATURE_HEADER = "X-Twilio-Signature"
 # Set by the gate, and only after the signature matched: a client cannot put a key into the WSGI environment.
 VERIFIED_FORM_KEY = "bulksms.twilio_form"
 # The webhook's Redis round trip must fail fast: Twilio waits at most a few seconds, then retries.
@@ -100,11 +99,7 @@ def webhook_services() -> WebhookServices:
 
 
 class FormParameters(dict[str, Any]):
-    """{name: value, or [values] when Twilio repeated a name}."""
-
-    def getall(self, name: str) -> list[str]:
-        value = self[name]
-        return value if isinstance(value, list) else [value]
+    """{name: value, or [values] when Twilio repeated a name}, as parsed by the gate."""
 
 
 def parse_form(body: bytes) -> FormParameters:
