@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
@@ -145,6 +146,7 @@ def test_a_flood_of_unsigned_megabyte_posts_does_not_stop_a_broadcast(
     webhook_server: ManagedProcess,
     webhook_port: int,
     api_server: tuple[int, ManagedProcess],
+    redis_client: redis.Redis,  # requested so the test starts from an empty stream, whatever ran before
 ) -> None:
     api_port, api_process = api_server
     assert webhook_server.process is not None and api_process.process is not None
@@ -244,6 +246,7 @@ def test_forged_callbacks_and_trickled_bodies_while_receipts_flow(
     workers: WorkerProcesses,
     webhook_server: ManagedProcess,
     webhook_port: int,
+    redis_client: redis.Redis,  # requested so the test starts from an empty stream, whatever ran before
 ) -> None:
     simulator.configure(callback_delay_ms=1000)  # receipts keep flowing for several seconds
     recipients = [f"+1555{index:07d}" for index in range(300)]
