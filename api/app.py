@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Flask
 
-from api import broadcast_controls, broadcasts, exports, health, inbound, opt_outs
+from api import broadcast_controls, broadcasts, exports, health, opt_outs
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
@@ -47,12 +47,12 @@ def create_app(settings: Settings) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health.blueprint)
     app.register_blueprint(broadcasts.blueprint)
+    # Twilio's status callbacks and inbound replies, as on the webhook service (queued in Redis either way).
     init_webhooks(app, settings, app.extensions[EXTENSION_NAME].redis_client)
-    # Pause/resume/cancel/reschedule, the opt-out list, and STOP/START replies (these need the database).
+    # Pause/resume/cancel/reschedule and the opt-out list (these need the database).
     app.register_blueprint(broadcast_controls.blueprint)
     app.register_blueprint(opt_outs.blueprint)
     app.register_blueprint(exports.blueprint)  # GET /v1/broadcasts/{id}/messages.csv
-    app.register_blueprint(inbound.blueprint)
     init_dashboard(app, settings)  # /dashboard/ pages, signed in with an API key
     init_request_logging(app)  # X-Request-Id, one log line per request
     services = app.extensions[EXTENSION_NAME]

@@ -36,8 +36,9 @@ PROBLEM_STATUSES = {
     403: "The `X-Twilio-Signature` header is missing or does not match the request.",
     404: "No such path, or no such resource for this API key.",
     405: "Method not allowed on this path (`Allow` lists the allowed ones).",
+    408: "A Twilio webhook body did not arrive within `WEBHOOK_READ_TIMEOUT_SECONDS`.",
     409: "Conflict: `Idempotency-Key` reused with a different body, or an action the broadcast's status forbids.",
-    413: "The request body is over `MAX_REQUEST_BYTES`.",
+    413: "The request body is over `MAX_REQUEST_BYTES` (`WEBHOOK_MAX_BODY_BYTES` for Twilio's webhooks).",
     415: "The body was not sent with the content type this operation takes.",
     422: "Validation failed: `errors` names each field (invalid recipients, template values, over a limit, ...).",
     500: "Something unexpected; logged server-side, never a stack trace.",
@@ -320,7 +321,8 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "name": "X-Twilio-Signature",
                 "in": "header",
                 "required": True,
-                "description": "Base64 HMAC-SHA1 of the URL and sorted form parameters, keyed with TWILIO_AUTH_TOKEN.",
+                "description": "Base64 HMAC-SHA1 of the URL and sorted form parameters, keyed with TWILIO_AUTH_TOKEN "
+                "(or TWILIO_AUTH_TOKEN_PREVIOUS during a rotation).",
                 "schema": {"type": "string"},
             },
             {"name": "message_id", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -331,13 +333,13 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
             "content": {"application/x-www-form-urlencoded": {"schema": _ref("TwilioStatusCallback")}},
         },
         "security": [],
-        "responses": {204: _ok("Queued."), "errors": (400, 403, 413, 503)},
+        "responses": {204: _ok("Queued."), "errors": (400, 403, 408, 413, 503)},
     },
-    ("inbound.twilio_inbound_message", "post"): {
+    ("webhooks.twilio_inbound_message", "post"): {
         "tags": ["Webhooks"],
         "summary": "Twilio inbound message (STOP / START / HELP replies)",
-        "description": "A STOP-type reply puts the sender on the opt-out list, a START-type reply takes them off. "
-        "Answers empty TwiML.",
+        "description": "A STOP-type reply puts the sender on the opt-out list, a START-type reply takes them off "
+        "(queued in Redis, applied by the status consumer within about a second). Answers empty TwiML.",
         "parameters": [
             {
                 "name": "X-Twilio-Signature",
@@ -357,7 +359,7 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
                 "Empty TwiML.",
                 {"text/xml": {"schema": {"type": "string"}, "example": "<Response></Response>"}},
             ),
-            "errors": (403, 413, 503),
+            "errors": (400, 403, 408, 413, 503),
         },
     },
     ("openapi.document", "get"): {

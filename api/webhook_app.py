@@ -1,6 +1,8 @@
-"""`create_webhook_app(settings)`: the status webhook as its own service (no database engine, Redis only).
+"""`create_webhook_app(settings)`: Twilio's webhooks as their own service (no database engine, Redis only).
 
-Run it with `gunicorn api.webhook_wsgi:app` on WEBHOOK_PORT; `create_app` serves the same routes on PORT.
+Status callbacks and inbound replies, `/healthz`, `/readyz`, and `/metrics` only when METRICS_TOKEN is set: this
+is the process that faces the internet. Run it with `gunicorn api.webhook_wsgi:app` on WEBHOOK_PORT;
+`create_app` serves the same webhook routes on PORT.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def readyz() -> Response:
     except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as error:
         logger.warning("readiness: Redis unreachable: %s", type(error).__name__)
         redis_check = "unreachable"
-    checks = {"redis": redis_check, "twilio_auth_token": "ok" if services.validator else "missing"}
+    checks = {"redis": redis_check, "twilio_auth_token": "ok" if services.signatures else "missing"}
     if all(result == "ok" for result in checks.values()):
         return jsonify({"status": "ready", "checks": checks})
     failed = ", ".join(name for name, result in checks.items() if result != "ok")
@@ -45,13 +47,16 @@ def readyz() -> Response:
 
 
 def create_webhook_app(settings: Settings) -> Flask:
-    """Only the webhook routes and health checks; needs REDIS_URL and TWILIO_AUTH_TOKEN, not DATABASE_URL."""
+    """Only the webhook routes, health checks and (with METRICS_TOKEN) metrics; needs REDIS_URL and
+    TWILIO_AUTH_TOKEN, not DATABASE_URL."""
     settings.require("redis_url")
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = 64 * 1024  # a status callback is well under 1 KB
+    # The webhook routes read at most WEBHOOK_MAX_BODY_BYTES themselves; nothing else here takes a body.
+    app.config["MAX_CONTENT_LENGTH"] = settings.webhook_max_body_bytes
     logging.getLogger("api").setLevel(settings.log_level.upper())
     register_error_handlers(app)
     init_webhooks(app, settings)
     app.register_blueprint(health_blueprint)
-    init_metrics(app, settings, app.extensions[EXTENSION_NAME].redis_client)  # Redis only: no database gauges
+    if settings.metrics_token:  # internet-facing: metrics only behind the token
+        init_metrics(app, settings, app.extensions[EXTENSION_NAME].redis_client)  # Redis only: no database gauges
     return app

@@ -1,40 +1,50 @@
-"""`POST /webhooks/twilio/status`: check Twilio's signature, queue the callback in Redis, answer 204.
+"""Twilio's webhooks: `POST /webhooks/twilio/status` (status callbacks) and `POST /webhooks/twilio/inbound`
+(replies to our numbers). Both are queued in Redis and answered at once; nothing here touches PostgreSQL, so
+they keep answering while it is down. A callback Redis cannot take gets 503 and Twilio retries it (the
+`#rc=5&rp=all` overrides in our StatusCallback URLs); a 2xx means the request is in Redis.
 
-No database here: one HMAC check and one `XADD` (shared.receipts.status_queue), so the endpoint answers in about a
-millisecond and keeps answering while PostgreSQL is down. A callback Redis cannot take gets 503 and Twilio
-retries it (the `#rc=5&rp=all` overrides in our StatusCallback URLs); a 2xx means the event is in Redis.
-
-The usual case (signed, complete, queued: 204) is answered by `StatusCallbackFastPath`, a WSGI middleware in
-front of Flask; everything else goes through the Flask route below, which is the reference behaviour.
+Every request to them passes `TwilioWebhookGate`, a WSGI middleware in front of Flask that refuses before
+parsing: no `X-Twilio-Signature` → 403 with nothing read past the headers; a body over `WEBHOOK_MAX_BODY_BYTES`
+→ 413 unread (or cut at the limit when chunked); a body not in after `WEBHOOK_READ_TIMEOUT_SECONDS` → 408;
+a signature that does not match → 403 after one parse and one HMAC per token and URL form, nothing stored.
+Only a request whose signature matched reaches the Flask views, with its parameters. The usual status
+callback (signed, complete, queued: 204) is answered by the gate itself, without Flask.
 """
 
 from __future__ import annotations
 
-import hmac
 import io
 import logging
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
 import redis
 from flask import Blueprint, Flask, Response, current_app, request
-from twilio.request_validator import RequestValidator
+from werkzeug.exceptions import SecurityError
 from werkzeug.middleware.proxy_fix import ProxyFix
 from werkzeug.wsgi import get_host
 
 from api.errors import PROBLEM_TYPE_BASE, problem_response
+from api.request_body import BodyRefused, ReadDeadlines, read_bounded_body, stop_reading
+from shared.compliance.opt_outs import classify_reply
+from shared.compliance.phone_numbers import normalise_phone_number
 from shared.platform.metrics import CALLBACKS_RECEIVED, MetricsRecorder, callback_status_label, record_webhook_request
 from shared.platform.settings import Settings
 from shared.receipts.status_queue import CallbackWriter
+from shared.twilio.signatures import SignatureChecker
 
 logger = logging.getLogger(__name__)
 
 STATUS_CALLBACK_PATH = "/webhooks/twilio/status"
+INBOUND_PATH = "/webhooks/twilio/inbound"
+EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
+WEBHOOK_PATHS = frozenset({STATUS_CALLBACK_PATH, INBOUND_PATH})
 EXTENSION_NAME = "bulksms.webhooks"
-SIGNATURE_HEADER = "X-Twilio-Signature"
+# Set by the gate, and only after the signature matched: a client cannot put a key into the WSGI environment.
+VERIFIED_FORM_KEY = "bulksms.twilio_form"
 # The webhook's Redis round trip must fail fast: Twilio waits at most a few seconds, then retries.
 REDIS_TIMEOUT_SECONDS = 2.0
 
@@ -43,18 +53,22 @@ blueprint = Blueprint("webhooks", __name__)
 
 @dataclass(frozen=True)
 class WebhookServices:
-    validator: RequestValidator | None  # None: no auth token configured, every callback is refused
+    signatures: SignatureChecker | None  # None: no auth token configured, every webhook request is refused
     redis_client: redis.Redis  # health checks
     writer: CallbackWriter  # the hot path's XADD
     public_base_url: str | None
+    max_body_bytes: int
+    read_deadlines: ReadDeadlines
     metrics: MetricsRecorder = field(default_factory=MetricsRecorder)  # flushed to Redis about once a second
 
 
 def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | None = None) -> None:
-    """Register the webhook routes on `app`, and trust `TRUSTED_PROXY_COUNT` proxies' X-Forwarded-* headers."""
+    """Register both webhook routes on `app` behind the gate, and trust `TRUSTED_PROXY_COUNT` proxies'
+    X-Forwarded-* headers."""
     settings.require("redis_url")
-    if not settings.twilio_auth_token:
-        logger.warning("TWILIO_AUTH_TOKEN is not set: every status callback will be refused with 403")
+    tokens = settings.twilio_webhook_tokens
+    if not tokens:
+        logger.warning("TWILIO_AUTH_TOKEN is not set: every Twilio webhook request will be refused with 403")
     if redis_client is None:
         redis_client = redis.Redis.from_url(
             str(settings.redis_url),
@@ -62,13 +76,15 @@ def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | No
             socket_timeout=REDIS_TIMEOUT_SECONDS,
         )
     services = app.extensions[EXTENSION_NAME] = WebhookServices(
-        validator=RequestValidator(settings.twilio_auth_token) if settings.twilio_auth_token else None,
+        signatures=SignatureChecker(tokens) if tokens else None,
         redis_client=redis_client,
         writer=CallbackWriter(redis_client.connection_pool),
         public_base_url=settings.public_base_url.rstrip("/") if settings.public_base_url else None,
+        max_body_bytes=settings.webhook_max_body_bytes,
+        read_deadlines=ReadDeadlines(settings.webhook_read_timeout_seconds),
     )
-    # Inside ProxyFix (installed next), so the fast path sees the same scheme, host and prefix as Flask would.
-    app.wsgi_app = StatusCallbackFastPath(app.wsgi_app, app, services)  # type: ignore[method-assign]
+    # Inside ProxyFix (installed next), so the gate sees the same scheme, host and prefix as Flask would.
+    app.wsgi_app = TwilioWebhookGate(app.wsgi_app, app, services)  # type: ignore[method-assign]
     if settings.trusted_proxy_count > 0:
         hops = settings.trusted_proxy_count
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
@@ -77,36 +93,18 @@ def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | No
     app.register_blueprint(blueprint)
 
 
-def _services() -> WebhookServices:
+def webhook_services() -> WebhookServices:
     found: WebhookServices = current_app.extensions[EXTENSION_NAME]
     return found
 
 
-def url_twilio_called(public_base_url: str | None) -> str:
-    """The URL Twilio signed: PUBLIC_BASE_URL when set (the authority behind any proxy), else the request's own
-    (scheme and host from X-Forwarded-* only when ProxyFix trusts them); the query string exactly as sent."""
-    query = request.query_string.decode("latin-1")
-    base = public_base_url or f"{request.scheme}://{request.host}{request.root_path}"
-    return f"{base}{request.path}?{query}" if query else f"{base}{request.path}"
-
-
 class FormParameters(dict[str, Any]):
-    """{name: value, or [values] when Twilio repeated a name}; `getall` is what RequestValidator looks for first
-    (without it, it finds the values through two caught AttributeErrors per parameter)."""
-
-    def getall(self, name: str) -> list[str]:
-        value = self[name]
-        return value if isinstance(value, list) else [value]
-
-
-def read_form() -> FormParameters:
-    """The form-encoded body, parsed straight from the bytes: werkzeug's form parser costs several times more,
-    and this is the hottest path we have."""
-    return parse_form(request.get_data(cache=False))
+    """{name: value, or [values] when Twilio repeated a name}, as parsed by the gate."""
 
 
 def parse_form(body: bytes) -> FormParameters:
-    """{name: value, or [values] for a repeated name} from a form-encoded body (the Flask route and the fast path)."""
+    """{name: value, or [values] for a repeated name} from a form-encoded body: `parse_qsl` on the bytes costs
+    several times less than werkzeug's form parser, and this is the hottest path we have."""
     parameters = FormParameters()
     for name, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
         if name not in parameters:
@@ -118,17 +116,27 @@ def parse_form(body: bytes) -> FormParameters:
     return parameters
 
 
-def signature_is_valid(validator: RequestValidator, url: str, form: Mapping[str, Any], signature: str) -> bool:
-    """Twilio's check; the URL exactly as given is tried first, so the usual case costs one HMAC, not two."""
-    if hmac.compare_digest(validator.compute_signature(url, form), signature):
-        return True
-    return bool(validator.validate(url, form, signature))  # with and without the default port
+def verified_form() -> FormParameters | Response:
+    """The parameters of this request, which the gate checked against Twilio's signature; a 403 if the gate
+    did not (it always runs in front of these routes: this is only the safe answer if it were missing)."""
+    parameters = request.environ.get(VERIFIED_FORM_KEY)
+    if isinstance(parameters, FormParameters):
+        return parameters
+    return invalid_signature_response()
+
+
+def invalid_signature_response() -> Response:
+    return problem_response(
+        403,
+        "The X-Twilio-Signature header is missing or does not match this request.",
+        problem_type=PROBLEM_TYPE_BASE + "invalid-signature",
+    )
 
 
 @blueprint.post(STATUS_CALLBACK_PATH)
 def twilio_status_callback() -> Response:
     started = time.perf_counter()
-    services = _services()
+    services = webhook_services()
     code = 503  # a RedisError on the way out
     try:
         response = accept_status_callback(services)
@@ -138,27 +146,8 @@ def twilio_status_callback() -> Response:
         record_webhook_request(services.metrics, services.redis_client, code, time.perf_counter() - started)
 
 
-def signed_form(services: WebhookServices) -> FormParameters | Response:
-    """The request's form parameters when Twilio signed them (both webhooks), else the 403 to answer."""
-    signature = request.headers.get(SIGNATURE_HEADER)
-    parameters = read_form()
-    if (
-        not signature
-        or services.validator is None
-        or not signature_is_valid(
-            services.validator, url_twilio_called(services.public_base_url), parameters, signature
-        )
-    ):
-        return problem_response(
-            403,
-            "The X-Twilio-Signature header is missing or does not match this request.",
-            problem_type=PROBLEM_TYPE_BASE + "invalid-signature",
-        )
-    return parameters
-
-
 def accept_status_callback(services: WebhookServices) -> Response:
-    parameters = signed_form(services)
+    parameters = verified_form()
     if isinstance(parameters, Response):
         return parameters
     missing = [name for name in ("MessageSid", "MessageStatus") if not parameters.get(name)]
@@ -176,20 +165,60 @@ def accept_status_callback(services: WebhookServices) -> Response:
     return Response(status=204)
 
 
+@blueprint.post(INBOUND_PATH)
+def twilio_inbound_message() -> Response:
+    """A reply to one of our numbers. STOP-type and START-type replies are queued in the status stream, whose
+    consumer changes the opt-out list (shared.receipts.events); HELP and anything else change nothing. The
+    answer is empty TwiML: Twilio (or its Advanced Opt-Out) sends the confirmation itself."""
+    started = time.perf_counter()
+    services = webhook_services()
+    code = 503  # a RedisError on the way out
+    try:
+        response = accept_inbound_message(services)
+        code = response.status_code
+        return response
+    finally:
+        record_webhook_request(services.metrics, services.redis_client, code, time.perf_counter() - started)
+
+
+def accept_inbound_message(services: WebhookServices) -> Response:
+    parameters = verified_form()
+    if isinstance(parameters, Response):
+        return parameters
+    if not parameters.get("MessageSid"):
+        return problem_response(
+            400,
+            "An inbound message needs a MessageSid.",
+            problem_type=PROBLEM_TYPE_BASE + "validation",
+            errors={"MessageSid": ["Missing data for required field."]},
+        )
+    kind = classify_reply(_single(parameters.get("Body")), _single(parameters.get("OptOutType")))
+    if kind in ("stop", "start") and normalise_phone_number(_single(parameters.get("From")) or "") is not None:
+        # A RedisError propagates to the 503 handler: not queued, so Twilio must retry.
+        services.writer.push_inbound(parameters)
+    return Response(EMPTY_TWIML, status=200, content_type="text/xml")
+
+
+def _single(value: object) -> str | None:
+    if isinstance(value, list):
+        return str(value[0]) if value else None
+    return None if value is None else str(value)
+
+
 WSGIEnvironment = dict[str, Any]
 StartResponse = Callable[..., Any]
 WSGIApplication = Callable[[WSGIEnvironment, StartResponse], Iterable[bytes]]
 
 
-class StatusCallbackFastPath:
-    """`POST /webhooks/twilio/status` without Flask when the answer is 204: same body parsing, same signature
-    check against the same URL, same XADD and metrics. A request that would get anything else (no signature,
-    403, 400, Redis error, a body without a usable Content-Length or over MAX_CONTENT_LENGTH) is handed to the
-    Flask app untouched (its body put back), which answers exactly as before; other paths go straight through.
+class TwilioWebhookGate:
+    """In front of Flask for `POST` to the two webhook paths: the cheap refusals first, then the bounded read,
+    one parse, the signature check; only a signed request goes on, its parameters in `VERIFIED_FORM_KEY`.
 
-    Flask's per-request work (request context, routing, the request-logging hooks) is most of the CPU a callback
-    costs, and Twilio sends them by the thousand per second. The 204s answered here are not logged and carry no
-    X-Request-Id: at that rate a log line per callback is itself a cost (the metrics still count and time them).
+    The usual status callback is answered here (XADD, 204) without Flask: Flask's request context, routing and
+    the request-logging hooks are most of the CPU a callback costs, and Twilio sends them by the thousand per
+    second. Those 204s are not logged and carry no X-Request-Id (the metrics count and time them); refusals are
+    answered here too, counted, and not logged either, so a flood of them costs no log line each. Anything else
+    (a missing field, a Redis error, an inbound message) goes to the Flask views with the body put back.
     """
 
     def __init__(self, wsgi_app: WSGIApplication, app: Flask, services: WebhookServices) -> None:
@@ -198,51 +227,73 @@ class StatusCallbackFastPath:
         self.services = services
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("PATH_INFO") != STATUS_CALLBACK_PATH or environ.get("REQUEST_METHOD") != "POST":
+        path = environ.get("PATH_INFO")
+        if path not in WEBHOOK_PATHS or environ.get("REQUEST_METHOD") != "POST":
             return self.wsgi_app(environ, start_response)
         started = time.perf_counter()
-        services = self.services
-        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
-        length = environ.get("CONTENT_LENGTH", "")
-        limit = self.config["MAX_CONTENT_LENGTH"]
-        if (
-            not signature
-            or services.validator is None
-            or not length.isdigit()
-            or (limit is not None and int(length) > limit)
-        ):
-            return self.wsgi_app(environ, start_response)
-        body = environ["wsgi.input"].read(int(length))
-        parameters = parse_form(body)
-        if parameters.get("MessageSid") and parameters.get("MessageStatus"):
-            url = self._url_twilio_called(environ)
-            if url is not None and signature_is_valid(services.validator, url, parameters, signature):
-                arguments = self._first_values(environ.get("QUERY_STRING", ""))
-                try:
-                    services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"))
-                except redis.RedisError:
-                    pass  # Flask tries once more and answers 503 (problem+json) if Redis still fails
-                else:
-                    services.metrics.increment(
-                        CALLBACKS_RECEIVED, {"status": callback_status_label(parameters["MessageStatus"])}
-                    )
-                    record_webhook_request(services.metrics, services.redis_client, 204, time.perf_counter() - started)
-                    start_response("204 No Content", [])
-                    return ()
+        admitted = self._admit(environ, path)
+        if isinstance(admitted, Response):
+            record_webhook_request(
+                self.services.metrics, self.services.redis_client, admitted.status_code, time.perf_counter() - started
+            )
+            return admitted(environ, start_response)
+        body, parameters = admitted
+        if path == STATUS_CALLBACK_PATH and self._queue_status_callback(environ, parameters, started):
+            start_response("204 No Content", [])
+            return ()
+        environ[VERIFIED_FORM_KEY] = parameters
         environ["wsgi.input"] = io.BytesIO(body)
+        environ["CONTENT_LENGTH"] = str(len(body))
         return self.wsgi_app(environ, start_response)
 
-    def _url_twilio_called(self, environ: WSGIEnvironment) -> str | None:
-        """`url_twilio_called` from the WSGI environment; None when Flask must decide (TRUSTED_HOSTS set)."""
+    def _admit(self, environ: WSGIEnvironment, path: str) -> tuple[bytes, FormParameters] | Response:
+        """(body, parameters) of a request Twilio signed, else the refusal to answer."""
+        signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
+        signatures = self.services.signatures
+        if not signature or signatures is None:
+            stop_reading(environ)  # nothing read past the headers
+            return invalid_signature_response()
+        try:
+            body = read_bounded_body(environ, self.services.max_body_bytes, self.services.read_deadlines)
+        except BodyRefused as refused:
+            stop_reading(environ)
+            return problem_response(refused.status, refused.detail)
+        parameters = parse_form(body)
+        try:
+            url = self._url_twilio_called(environ, path)
+        except SecurityError:
+            return problem_response(400, "The Host header is not one this server answers for.")
+        if not signatures.matches(url, parameters, signature):
+            return invalid_signature_response()
+        return body, parameters
+
+    def _queue_status_callback(self, environ: WSGIEnvironment, parameters: FormParameters, started: float) -> bool:
+        """XADD a complete status callback; False leaves it to the Flask view (400, or 503 after one more try)."""
+        services = self.services
+        if not (parameters.get("MessageSid") and parameters.get("MessageStatus")):
+            return False
+        arguments = self._first_values(environ.get("QUERY_STRING", ""))
+        try:
+            services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"))
+        except redis.RedisError:
+            return False
+        services.metrics.increment(CALLBACKS_RECEIVED, {"status": callback_status_label(parameters["MessageStatus"])})
+        record_webhook_request(services.metrics, services.redis_client, 204, time.perf_counter() - started)
+        return True
+
+    def _url_twilio_called(self, environ: WSGIEnvironment, path: str) -> str:
+        """The URL Twilio signed: PUBLIC_BASE_URL when set (the authority behind any proxy, TLS terminated or
+        not), else the request's own scheme, host and root path (X-Forwarded-* only when ProxyFix trusts them);
+        then the path and the query string exactly as sent. Raises SecurityError for a Host outside Flask's
+        TRUSTED_HOSTS."""
         query = environ.get("QUERY_STRING", "")
         base = self.services.public_base_url
         if base is None:
-            if self.config["TRUSTED_HOSTS"] is not None:
-                return None
+            host = get_host(environ, self.config["TRUSTED_HOSTS"])
             # request.root_path: SCRIPT_NAME as werkzeug decodes it, without its trailing slash
             root_path = environ.get("SCRIPT_NAME", "").encode("latin-1").decode("utf-8", "replace").rstrip("/")
-            base = f"{environ['wsgi.url_scheme']}://{get_host(environ)}{root_path}"
-        return f"{base}{STATUS_CALLBACK_PATH}?{query}" if query else f"{base}{STATUS_CALLBACK_PATH}"
+            base = f"{environ['wsgi.url_scheme']}://{host}{root_path}"
+        return f"{base}{path}?{query}" if query else f"{base}{path}"
 
     @staticmethod
     def _first_values(query: str) -> dict[str, str]:

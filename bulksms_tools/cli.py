@@ -434,6 +434,9 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "TWILIO_ACCOUNT_SID",
             "TWILIO_AUTH_TOKEN",
             "TWILIO_MESSAGING_SERVICE_SID",
+            "TWILIO_AUTH_TOKEN_PREVIOUS",
+            "TWILIO_API_KEY_SID",
+            "TWILIO_API_KEY_SECRET",
             "TWILIO_API_BASE_URL",
             "PUBLIC_BASE_URL",
             "TWILIO_MAX_CONCURRENCY",
@@ -464,8 +467,11 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "COMPLETION_IDLE_SECONDS",
             "TRUSTED_PROXY_COUNT",
             "WEBHOOK_PORT",
+            "WEBHOOK_MAX_BODY_BYTES",
+            "WEBHOOK_READ_TIMEOUT_SECONDS",
         ],
     ),
+    ("Metrics.", ["METRICS_TOKEN"]),
     ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
     (
         "The client commands (`bulksms send`, `status`, `export`, `opt-outs`, ...): where the API is, and the key.",
@@ -601,6 +607,8 @@ def simulator(
         "--account-sid", account_sid, "--auth-token", auth_token,
         "--latency-ms", str(latency_ms), "--max-concurrency", str(max_concurrency),
     ]  # fmt: skip
+    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:  # the workers may send with the API Key
+        arguments += ["--api-key-sid", settings.twilio_api_key_sid, "--api-key-secret", settings.twilio_api_key_secret]
     _exec([*arguments, *ctx.args])
 
 

@@ -169,8 +169,18 @@ def twilio_client(settings: Settings) -> Any:
             kwargs["timeout"] = kwargs.get("timeout") or 10
             return super().request(method, url, *args, **kwargs)
 
+    # The Auth Token when there is one: a standard API Key may not read the account resource checked below.
+    username, password = (
+        (settings.twilio_account_sid, settings.twilio_auth_token)
+        if settings.twilio_auth_token
+        else settings.twilio_rest_credentials or (None, None)
+    )
     return Client(
-        settings.twilio_account_sid, settings.twilio_auth_token, http_client=RedirectingHttpClient(), environment={}
+        username,
+        password,
+        account_sid=settings.twilio_account_sid,
+        http_client=RedirectingHttpClient(),
+        environment={},
     )
 
 

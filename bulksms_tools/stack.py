@@ -300,6 +300,7 @@ class LocalStack:
                 requested.twilio_account_sid,
                 requested.twilio_auth_token,
                 requested.twilio_messaging_service_sid,
+                requested.twilio_api_key_sid,
             )
         )
 
@@ -420,6 +421,7 @@ class LocalStack:
             "--timeout", "120",  # a 1,000,000-recipient POST takes a while to parse and copy in
             "--graceful-timeout", "10",
             "--access-logfile", "-",
+            "--logger-class", "api.access_log.MaskedAccessLogger",  # phone numbers and tokens masked
             "--error-logfile", "-",
         ]  # fmt: skip
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 from dotenv import dotenv_values
+from gunicorn.glogging import Logger
 
 from bulksms_tools.cli import cli
 
@@ -181,3 +182,14 @@ def test_container_shell_variables_are_defined_for_that_container() -> None:
         for variable in CONTAINER_VARIABLE.findall(text):
             defined = set(service.get("environment") or {}) | {"HOSTNAME"}
             assert variable in defined, f"{name} uses $${variable} but does not define it"
+
+
+def test_every_gunicorn_service_masks_its_access_log_like_the_application_logs() -> None:
+    gunicorn_services = [name for name in PACKAGE_SERVICES if command_words(SERVICES[name])[0] == "gunicorn"]
+    assert set(gunicorn_services) == {"api", "webhook"}
+    for name in gunicorn_services:
+        words = command_words(SERVICES[name])
+        assert "--logger-class=api.access_log.MaskedAccessLogger" in words, name
+    from api.access_log import MaskedAccessLogger
+
+    assert issubclass(MaskedAccessLogger, Logger)

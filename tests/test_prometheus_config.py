@@ -1,5 +1,6 @@
 """prometheus.yml, checked without Docker: it scrapes /metrics of the compose services that serve it, on the ports
-they listen on, and the compose file mounts it into the `prometheus` service (profile `metrics`)."""
+they listen on, with the metrics token, and the compose file mounts it into the `prometheus` service (profile
+`metrics`)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from shared.platform.settings import settings_documentation
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 CONFIG: dict[str, Any] = yaml.safe_load((REPOSITORY_ROOT / "prometheus.yml").read_text())
@@ -46,5 +49,24 @@ def test_the_prometheus_service_runs_this_config_under_the_metrics_profile() -> 
     assert service["image"].startswith("prom/prometheus")
     assert service["profiles"] == ["metrics"]
     assert "./prometheus.yml:/etc/prometheus/prometheus.yml:ro" in service["volumes"]
-    assert "--config.file=/etc/prometheus/prometheus.yml" in service["command"]
+    script = " ".join(service["command"])
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    assert "exec /bin/prometheus --config.file=/etc/prometheus/prometheus.yml" in script
     assert set(service["depends_on"]) == {"api", "webhook"}
+
+
+def test_every_scrape_sends_the_metrics_token_that_compose_writes_from_the_setting() -> None:
+    """/metrics needs `Authorization: Bearer <METRICS_TOKEN>` (always on the internet-facing webhook service):
+    every job reads the token from the file the prometheus service writes from METRICS_TOKEN at start."""
+    service = SERVICES["prometheus"]
+    script = " ".join(service["command"])
+    assert service["environment"]["METRICS_TOKEN"] == "${METRICS_TOKEN:-}"
+    files = set()
+    for job in CONFIG["scrape_configs"]:
+        authorization = job["authorization"]
+        assert authorization["type"] == "Bearer", job["job_name"]
+        files.add(authorization["credentials_file"])
+    (token_file,) = files
+    assert f"printf '%s' \"$$METRICS_TOKEN\" > {token_file}" in script
+    assert token_file.startswith("/prometheus/"), "the data volume: writable by the prometheus user"
+    assert "METRICS_TOKEN" in {variable for variable, _, _ in settings_documentation()}

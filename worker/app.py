@@ -20,7 +20,6 @@ WORKER_REQUIRED_SETTINGS = (
     "database_url",
     "redis_url",
     "twilio_account_sid",
-    "twilio_auth_token",
     "twilio_messaging_service_sid",
     "public_base_url",
 )
@@ -31,6 +30,8 @@ DEFAULT_WORKER_CONCURRENCY = 3
 def check_worker_settings(settings: Settings) -> None:
     """Fail at start-up, naming the setting, rather than at the first chunk."""
     settings.require(*WORKER_REQUIRED_SETTINGS)
+    if settings.twilio_rest_credentials is None:  # an API Key, or else the Auth Token, signs the sends
+        settings.require("twilio_auth_token")
     minimum_lease = settings.twilio_request_timeout_seconds + LEASE_SAFETY_MARGIN_SECONDS
     if settings.claim_lease_seconds <= minimum_lease:
         raise SettingsError(

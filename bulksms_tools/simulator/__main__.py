@@ -18,6 +18,8 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
     parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--account-sid", default=defaults.account_sid, help="the only account accepted")
     parser.add_argument("--auth-token", default=defaults.auth_token, help="its auth token (also signs callbacks)")
+    parser.add_argument("--api-key-sid", default=None, help="an API Key SID (SK...) also accepted for requests")
+    parser.add_argument("--api-key-secret", default=None, help="that API Key's secret")
     parser.add_argument("--latency-ms", type=float, default=defaults.latency_ms, help="time to answer each request")
     parser.add_argument(
         "--max-concurrency",
@@ -47,12 +49,16 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         help="messages with callbacks pending",
     )
     arguments = parser.parse_args(argv)
+    if bool(arguments.api_key_sid) != bool(arguments.api_key_secret):
+        parser.error("--api-key-sid and --api-key-secret go together")
     for name in ("error_rate_429", "error_rate_500"):
         if not 0 <= getattr(arguments, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
     config = SimulatorConfig(
         account_sid=arguments.account_sid,
         auth_token=arguments.auth_token,
+        api_key_sid=arguments.api_key_sid,
+        api_key_secret=arguments.api_key_secret,
         latency_ms=arguments.latency_ms,
         max_concurrency=arguments.max_concurrency,
         error_rate_429=arguments.error_rate_429,

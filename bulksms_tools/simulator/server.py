@@ -88,6 +88,8 @@ class SimulatorConfig:
 
     account_sid: str = "AC" + "0" * 32
     auth_token: str = "simulator-auth-token"  # noqa: S105 - the demo's fake account, not a secret
+    api_key_sid: str | None = None  # an API Key (SK...) accepted instead of the Auth Token, as Twilio does
+    api_key_secret: str | None = None
     latency_ms: float = 100.0
     max_concurrency: int = 100  # 0: no cap
     error_rate_429: float = 0.0
@@ -191,6 +193,9 @@ class Simulator:
             workers=config.callback_workers,
             backlog_limit=config.callback_backlog,
         )
+        self.accepted_credentials = [(config.account_sid, config.auth_token)]
+        if config.api_key_sid and config.api_key_secret:
+            self.accepted_credentials.append((config.api_key_sid, config.api_key_secret))
         self.expected_authorization = basic_authorization(config.account_sid, config.auth_token)
         self.in_flight = 0
         # A broadcast sends one body and one Messaging Service SID many times: keep one copy of each.
@@ -246,11 +251,12 @@ class Simulator:
             decoded = base64.b64decode(encoded.strip(), validate=True).decode()
         except (binascii.Error, UnicodeDecodeError):
             decoded = ""
-        account_sid, _, token = decoded.partition(":")
-        if not (
-            scheme.lower() == "basic"
-            and hmac.compare_digest(account_sid.encode(), self.startup_config.account_sid.encode())
-            and hmac.compare_digest(token.encode(), self.startup_config.auth_token.encode())
+        username, _, password = decoded.partition(":")
+        # The account's SID and Auth Token, or one of its API Keys (SID and secret), as Twilio accepts.
+        if not scheme.lower() == "basic" or not any(
+            hmac.compare_digest(username.encode(), expected_username.encode())
+            and hmac.compare_digest(password.encode(), expected_password.encode())
+            for expected_username, expected_password in self.accepted_credentials
         ):
             raise SimulatorError(401, 20003, "Authenticate")
 

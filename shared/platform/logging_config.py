@@ -202,7 +202,13 @@ def resolve_log_format(log_format: str, stream: TextIO) -> str:
 
 def settings_secrets(settings: Settings) -> list[str]:
     """Configured values that must never appear in a log line."""
-    return [value for value in (settings.twilio_auth_token,) if value]
+    candidates = (
+        settings.twilio_auth_token,
+        settings.twilio_auth_token_previous,
+        settings.twilio_api_key_secret,
+        settings.metrics_token,
+    )
+    return [value for value in candidates if value]
 
 
 def configure_logging(settings: Settings, service_name: str, stream: TextIO | None = None) -> logging.Handler:

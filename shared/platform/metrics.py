@@ -102,11 +102,13 @@ STORED_METRICS: tuple[MetricDefinition, ...] = (
         CHUNKS_PROCESSED, COUNTER, "Chunk tasks that claimed and sent at least one message.", initial_labels=({},)
     ),
     MetricDefinition(CALLBACKS_RECEIVED, COUNTER, "Status callbacks accepted by the webhook and queued, by status."),
-    MetricDefinition(CALLBACKS_REJECTED, COUNTER, "Status callbacks the webhook refused, by reason."),
+    MetricDefinition(
+        CALLBACKS_REJECTED, COUNTER, "Requests the Twilio webhooks refused (callbacks and replies), by reason."
+    ),
     MetricDefinition(
         WEBHOOK_REQUEST_DURATION,
         HISTOGRAM,
-        "Time the status webhook took to answer, by HTTP code.",
+        "Time the Twilio webhooks took to answer, by HTTP code.",
         WEBHOOK_LATENCY_BUCKETS,
     ),
     MetricDefinition(CALLBACKS_APPLIED, COUNTER, "Status callbacks the consumer committed to PostgreSQL, by status."),
@@ -477,11 +479,17 @@ def record_send_metrics(
     recorder.increment(CHUNKS_PROCESSED)
 
 
-WEBHOOK_REJECTION_REASONS = {400: "missing_fields", 403: "invalid_signature", 503: "redis_unavailable"}
+WEBHOOK_REJECTION_REASONS = {
+    400: "missing_fields",
+    403: "invalid_signature",
+    408: "body_too_slow",
+    413: "body_too_large",
+    503: "redis_unavailable",
+}
 
 
 def record_webhook_request(recorder: MetricsRecorder, client: redis.Redis, code: int, seconds: float) -> None:
-    """One status webhook request: its latency by HTTP code, a rejection by reason; written when due."""
+    """One Twilio webhook request: its latency by HTTP code, a rejection by reason; written when due."""
     recorder.observe(WEBHOOK_REQUEST_DURATION, {"code": str(code)}, seconds)
     if code >= 300:
         recorder.increment(CALLBACKS_REJECTED, {"reason": WEBHOOK_REJECTION_REASONS.get(code, OTHER)})

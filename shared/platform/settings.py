@@ -44,6 +44,15 @@ class Settings:
     twilio_messaging_service_sid: str | None = _env(
         "TWILIO_MESSAGING_SERVICE_SID", "Messaging Service SID (MG...) that picks the sender", default=None
     )
+    twilio_auth_token_previous: str | None = _env(
+        "TWILIO_AUTH_TOKEN_PREVIOUS",
+        "The Auth Token being rotated out: callbacks it signed are still accepted",
+        default=None,
+    )
+    twilio_api_key_sid: str | None = _env(
+        "TWILIO_API_KEY_SID", "API Key SID (SK...) for sending, instead of the Auth Token", default=None
+    )
+    twilio_api_key_secret: str | None = _env("TWILIO_API_KEY_SECRET", "That API Key's secret", default=None)
     twilio_api_base_url: str = _env(
         "TWILIO_API_BASE_URL",
         "Where the workers send; any Twilio-compatible endpoint",
@@ -105,6 +114,17 @@ class Settings:
         "TRUSTED_PROXY_COUNT", "Proxies in front of the webhook whose X-Forwarded-* headers are trusted", default=0
     )
     webhook_port: int = _env("WEBHOOK_PORT", "Where the standalone webhook service listens", default=8001)
+    webhook_max_body_bytes: int = _env(
+        "WEBHOOK_MAX_BODY_BYTES", "Largest body the Twilio webhooks read; larger ones get 413 unread", default=16 * 1024
+    )
+    webhook_read_timeout_seconds: float = _env(
+        "WEBHOOK_READ_TIMEOUT_SECONDS", "A webhook body not fully received after this long is cut off", default=3.0
+    )
+    metrics_token: str | None = _env(
+        "METRICS_TOKEN",
+        "Bearer token for GET /metrics; unset: the API serves it openly, the webhook service not at all",
+        default=None,
+    )
     smart_encoding: bool = _env(
         "SMART_ENCODING",
         "Send SmartEncoded=true and count segments after Twilio's look-alike replacements",
@@ -166,7 +186,23 @@ class Settings:
 
     @property
     def twilio_configured(self) -> bool:
-        return bool(self.twilio_account_sid and self.twilio_auth_token and self.twilio_messaging_service_sid)
+        """Enough to send: the account, the Messaging Service and REST credentials (Auth Token or API Key)."""
+        return bool(self.twilio_account_sid and self.twilio_messaging_service_sid and self.twilio_rest_credentials)
+
+    @property
+    def twilio_rest_credentials(self) -> tuple[str, str] | None:
+        """(username, password) for Twilio's REST API: the API Key when one is set (it can be revoked alone),
+        else the Account SID and Auth Token; None when neither is complete."""
+        if self.twilio_api_key_sid and self.twilio_api_key_secret:
+            return self.twilio_api_key_sid, self.twilio_api_key_secret
+        if self.twilio_account_sid and self.twilio_auth_token:
+            return self.twilio_account_sid, self.twilio_auth_token
+        return None
+
+    @property
+    def twilio_webhook_tokens(self) -> tuple[str, ...]:
+        """The tokens a Twilio signature may be made with: the Auth Token, then the one being rotated out."""
+        return tuple(token for token in (self.twilio_auth_token, self.twilio_auth_token_previous) if token)
 
 
 def _env_name(attribute_name: str) -> str:
@@ -206,9 +242,19 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
             base_type = target if target in (int, float, bool) else str
             kwargs[settings_field.name] = _convert(values[env_name], base_type, env_name)
     settings = Settings(**kwargs)
-    for name in ("twilio_max_concurrency", "send_chunk_size", "port", "max_request_bytes", "status_batch_size"):
+    for name in (
+        "twilio_max_concurrency",
+        "send_chunk_size",
+        "port",
+        "max_request_bytes",
+        "status_batch_size",
+        "webhook_max_body_bytes",
+        "webhook_read_timeout_seconds",
+    ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
+    if bool(settings.twilio_api_key_sid) != bool(settings.twilio_api_key_secret):
+        raise SettingsError("settings TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET must be set together")
     try:
         settings.delivery_retry_codes  # noqa: B018 - parsed here so a typo fails at start-up
     except ValueError:

@@ -1,10 +1,13 @@
-"""Applying Twilio status callbacks to PostgreSQL: keep every event, move each message's status only forward.
+"""Applying Twilio status callbacks to PostgreSQL: keep every event once, move each message's status only forward.
 
 The webhook queues raw callbacks in a Redis Stream (shared.receipts.status_queue); `drain_status_stream` reads them in
 batches, `apply_status_events` stores each batch in `status_events` and applies it in one transaction, and only
 then are the stream entries acknowledged. Matching: the SID first (current attempt in `messages`, older ones in
 `message_attempts`), then the message id + attempt from our callback URL (a SID the worker never recorded);
 an event that matches nothing stays with `applied_at` NULL and is retried by `apply_unapplied_events`.
+A callback is the same callback when it names the same (MessageSid, MessageStatus, ErrorCode): a repeat (Twilio's
+retry, an attacker's replay, a batch read again) is neither stored nor applied again. STOP/START replies travel
+in the same stream and are stored the same way (status `received`) before they change the opt-out list.
 docs/receipts.md: the ordering rules, delivery retries and the exactly-once argument.
 """
 
@@ -16,7 +19,7 @@ import random
 import re
 import time
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +30,8 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
-from shared.compliance.opt_outs import add_opt_outs
+from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
+from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
 from shared.messages.store import AttemptReceipt, ReceiptUpdate
 from shared.platform.db import session_scope
@@ -36,6 +40,7 @@ from shared.platform.models import UNFINISHED_MESSAGE_STATES, MessageState
 from shared.platform.settings import Settings
 from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
 from shared.receipts.status_queue import (
+    INBOUND_REPLY,
     ConsumerSlot,
     QueuedCallback,
     StatusStreamConsumer,
@@ -47,6 +52,11 @@ from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 logger = logging.getLogger(__name__)
 
 OPT_OUT_SOURCE = "callback_21610"
+INBOUND_STATUS = "received"  # Twilio's status of a message it received for us: how replies are kept
+# Two consumer slots may hold copies of one callback in batches applied at the same moment; they take turns on
+# this transaction-scoped lock for the "already stored?" check and the insert, so a copy is never stored twice.
+# Batches of one broadcast already take turns on its row lock, so this costs little.
+STATUS_EVENTS_DEDUPE_LOCK = 0x62756C6B736D7301  # "bulksms" + 1: an arbitrary, fixed advisory lock key
 RETRY_JITTER = 0.2  # ± 20 % on every delivery retry delay
 # Consumers draining the stream at once (each holds one slot); more gain little, as batches of one broadcast
 # take turns on its row lock.
@@ -105,6 +115,22 @@ def _first(value: Any) -> str:
     if isinstance(value, list):
         return str(value[0]) if value else ""
     return "" if value is None else str(value)
+
+
+def parse_inbound_reply(callback: QueuedCallback) -> ReceivedEvent | None:
+    """A queued STOP/START reply as an event of its own SID (status `received`); None without a SID."""
+    sid = _first(callback.parameters.get("MessageSid")).strip()
+    if not sid:
+        return None
+    return ReceivedEvent(
+        message_sid=sid[:34],
+        status=INBOUND_STATUS,
+        error_code=None,
+        message_id=None,
+        attempt=None,
+        parameters=callback.parameters,
+        received_at=datetime.fromtimestamp(callback.received_at, UTC),
+    )
 
 
 def parse_callback(callback: QueuedCallback) -> ReceivedEvent | None:
@@ -204,13 +230,16 @@ def fold_events(events: Sequence[ReceivedEvent]) -> StatusReport | None:
 
 @dataclass
 class ApplyReport:
-    stored: int = 0  # events written to status_events (replays of stored ones excluded)
-    applied: int = 0  # events matched to a message or an attempt (duplicates included: applied as no-ops)
+    stored: int = 0  # status callbacks written to status_events (repeats of stored ones excluded)
+    applied: int = 0  # events matched to a message or an attempt
     unmatched: int = 0  # left with applied_at NULL for a later pass
     messages_updated: int = 0
     old_attempts_updated: int = 0
     retries_scheduled: int = 0
-    opted_out: int = 0
+    opted_out: int = 0  # numbers added to the opt-out list (21610 in a callback, or a STOP reply)
+    inbound_replies: int = 0  # STOP/START replies stored and applied (repeats excluded)
+    opted_in: int = 0  # numbers a START reply took off the list
+    stored_by_status: Counter[str] = field(default_factory=Counter)  # the stored status callbacks, by status
 
     def add(self, other: ApplyReport) -> None:
         for name in self.__dataclass_fields__:
@@ -232,35 +261,48 @@ class _StoredEvent:
 def apply_status_events(
     session: Session, callbacks: Sequence[QueuedCallback], settings: Settings, now: datetime | None = None
 ) -> ApplyReport:
-    """Store one batch of queued callbacks and apply them; the caller commits (then acknowledges the batch)."""
-    events = [event for event in map(parse_callback, callbacks) if event is not None]
-    event_ids = store_events(session, events)
-    report = apply_stored_events(session, event_ids, DeliveryRetryPolicy.from_settings(settings), now)
-    report.stored = len(event_ids)
+    """Store one batch of queued callbacks and STOP/START replies, and apply what was new; the caller commits
+    (then acknowledges the batch)."""
+    status_events = [parse_callback(c) for c in callbacks if c.kind != INBOUND_REPLY]
+    replies = [parse_inbound_reply(c) for c in callbacks if c.kind == INBOUND_REPLY]
+    stored = store_new_events(session, [e for e in status_events if e is not None])
+    report = apply_stored_events(
+        session, [event_id for _, event_id in stored], DeliveryRetryPolicy.from_settings(settings), now
+    )
+    report.stored = len(stored)
+    report.stored_by_status = Counter(event.status for event, _ in stored)
+    report.add(apply_inbound_replies(session, store_new_events(session, [e for e in replies if e is not None])))
     return report
 
 
 def store_events(session: Session, events: Sequence[ReceivedEvent]) -> list[int]:
-    """Insert the events not stored yet; returns their ids.
+    """Insert the events not stored yet; returns their ids."""
+    return [event_id for _, event_id in store_new_events(session, events)]
 
-    A batch applied and committed whose acknowledgement to Redis was lost (crash, Redis blip) is read again:
-    its events are recognised by (SID, status, received_at), the receipt time the webhook stamped.
+
+def store_new_events(session: Session, events: Sequence[ReceivedEvent]) -> list[tuple[ReceivedEvent, int]]:
+    """Insert the events not stored yet, in order; returns each with its id.
+
+    An event is already stored when one with the same (SID, status, error code) is: Twilio retrying a callback
+    we answered too slowly, the same signed request replayed, or a batch applied and committed whose
+    acknowledgement to Redis was lost (crash, Redis blip) and that is read again.
     """
     if not events:
         return []
+    session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": STATUS_EVENTS_DEDUPE_LOCK})
     already = {
-        (row.message_sid, row.message_status, row.received_at)
+        (row.message_sid, row.message_status, row.error_code)
         for row in session.execute(
             text(
-                "SELECT message_sid, message_status, received_at FROM status_events "
-                "WHERE message_sid = ANY(CAST(:sids AS text[])) AND received_at >= :oldest"
+                "SELECT message_sid, message_status, error_code FROM status_events "
+                "WHERE message_sid = ANY(CAST(:sids AS text[]))"
             ),
-            {"sids": list({e.message_sid for e in events}), "oldest": min(e.received_at for e in events)},
+            {"sids": list({e.message_sid for e in events})},
         )
     }
     fresh: list[ReceivedEvent] = []
     for event in events:
-        key = (event.message_sid, event.status, event.received_at)
+        key = (event.message_sid, event.status, event.error_code)
         if key not in already:
             already.add(key)
             fresh.append(event)
@@ -284,7 +326,33 @@ def store_events(session: Session, events: Sequence[ReceivedEvent]) -> list[int]
             "parameters": [json.dumps(e.parameters) for e in fresh],
         },
     ).scalars()
-    return list(rows)
+    return list(zip(fresh, rows, strict=True))
+
+
+def apply_inbound_replies(session: Session, replies: Sequence[tuple[ReceivedEvent, int]]) -> ApplyReport:
+    """Newly stored STOP/START replies, in the order they arrived: STOP adds the sender to the opt-out list,
+    START takes them off (through shared.compliance.opt_outs); each reply is then marked applied."""
+    report = ApplyReport()
+    for event, _ in replies:
+        parameters = event.parameters
+        sender = normalise_phone_number(_first(parameters.get("From")))
+        body = _first(parameters.get("Body"))
+        kind = classify_reply(body, _first(parameters.get("OptOutType")) or None)
+        if sender is None or kind not in ("stop", "start"):
+            continue  # the webhook queues only these; an older or hand-made entry changes nothing
+        if kind == "stop":
+            reason = f"replied {(body or 'STOP').strip()[:40]}"
+            report.opted_out += len(add_opt_outs(session, [sender], source=SOURCE_INBOUND, reason=reason).added)
+        else:
+            report.opted_in += remove_opt_out(session, sender)
+        logger.info("inbound %s from %s applied", kind.upper(), mask_phone_number(sender))
+    if replies:
+        session.execute(
+            text("UPDATE status_events SET applied_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))"),
+            {"ids": [event_id for _, event_id in replies]},
+        )
+    report.inbound_replies = len(replies)
+    return report
 
 
 def apply_unapplied_events(
@@ -576,7 +644,7 @@ def drain_status_stream(
             with session_scope(session_factory) as session:
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
-            record_applied_callbacks(redis_client, [_first(c.parameters.get("MessageStatus")) for c in batch], applied)
+            record_applied_callbacks(redis_client, applied.stored_by_status.elements(), applied)
             report.batches += 1
             report.callbacks += len(batch)
             report.totals.add(applied)

@@ -1,11 +1,11 @@
-"""The Redis Stream between the status webhook and the consumers that apply callbacks to PostgreSQL.
+"""The Redis Stream between the Twilio webhooks and the consumers that apply callbacks to PostgreSQL.
 
-The webhook appends one entry per accepted callback (`XADD`, never trimmed: an entry leaves the stream only
-after its consumer committed it to PostgreSQL, `XACK` + `XDEL` together). Consumers read through one consumer
-group; an entry read but not acknowledged stays pending under its consumer's name, so a consumer that died
-mid-batch loses nothing: the next holder of its slot re-reads its pending entries first, and `XAUTOCLAIM` hands
-entries idle for longer than `RECLAIM_IDLE_SECONDS` to whoever reads next. Delivery is therefore at least once;
-`shared.receipts.events` makes a replayed entry a no-op.
+The webhooks append one entry per accepted status callback or STOP/START reply (`XADD`, never trimmed: an entry
+leaves the stream only after its consumer committed it to PostgreSQL, `XACK` + `XDEL` together). Consumers read
+through one consumer group; an entry read but not acknowledged stays pending under its consumer's name, so a
+consumer that died mid-batch loses nothing: the next holder of its slot re-reads its pending entries first, and
+`XAUTOCLAIM` hands entries idle for longer than `RECLAIM_IDLE_SECONDS` to whoever reads next. Delivery is
+therefore at least once; `shared.receipts.events` makes a replayed entry a no-op.
 """
 
 from __future__ import annotations
@@ -32,6 +32,11 @@ RECLAIM_IDLE_SECONDS = 60.0
 # One field per stream entry: JSON [raw form parameters, message_id, attempt, received_at]. A single field keeps
 # the webhook's XADD cheap to encode (this is most of its CPU time).
 FIELD_EVENT = "e"
+# An inbound reply (STOP/START) travels in the same stream, under its own field: JSON [raw form parameters,
+# received_at]. Consumers older than this field decode it as malformed and drop it: upgrade them first.
+FIELD_INBOUND = "i"
+STATUS_CALLBACK = "status"
+INBOUND_REPLY = "inbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +48,7 @@ class QueuedCallback:
     message_id: str | None  # from our callback URL's query string, unparsed
     attempt: str | None
     received_at: float  # Unix time at the webhook
+    kind: str = STATUS_CALLBACK  # or INBOUND_REPLY: a reply to our number (then no message_id / attempt)
 
 
 def encode_callback(
@@ -52,10 +58,29 @@ def encode_callback(
     return json.dumps([parameters, message_id, attempt, received_at], separators=(",", ":"))
 
 
+def encode_inbound_reply(parameters: Mapping[str, Any], received_at: float) -> str:
+    """The stream entry's payload for one inbound reply."""
+    return json.dumps([parameters, received_at], separators=(",", ":"))
+
+
 def decode_callback(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> QueuedCallback:
     """The callback in a stream entry; a malformed entry decodes to one without parameters (then stored as
     nothing: shared.receipts.events skips callbacks without a SID), so it never blocks the stream."""
     identifier = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    inbound = fields.get(FIELD_INBOUND.encode())
+    if inbound is not None:
+        try:
+            parameters, received_at = json.loads(inbound)
+            return QueuedCallback(
+                identifier,
+                parameters if isinstance(parameters, dict) else {},
+                None,
+                None,
+                float(received_at),
+                INBOUND_REPLY,
+            )
+        except (ValueError, TypeError):
+            return QueuedCallback(identifier, {}, None, None, time.time(), INBOUND_REPLY)
     try:
         parameters, message_id, attempt, received_at = json.loads(fields[FIELD_EVENT.encode()])
         return QueuedCallback(
@@ -93,8 +118,15 @@ class CallbackWriter:
         self._local = threading.local()
 
     def push(self, parameters: Mapping[str, Any], message_id: str | None, attempt: str | None) -> str:
+        """Queue one status callback."""
         payload = encode_callback(parameters, message_id, attempt, time.time())
-        command = ("XADD", STREAM_KEY, "*", FIELD_EVENT, payload)
+        return self._add(("XADD", STREAM_KEY, "*", FIELD_EVENT, payload))
+
+    def push_inbound(self, parameters: Mapping[str, Any]) -> str:
+        """Queue one inbound reply (STOP / START) for the same consumers."""
+        return self._add(("XADD", STREAM_KEY, "*", FIELD_INBOUND, encode_inbound_reply(parameters, time.time())))
+
+    def _add(self, command: tuple[str, ...]) -> str:
         connection = getattr(self._local, "connection", None)
         if connection is not None:
             try:

@@ -142,23 +142,29 @@ class TwilioGateway:
     def __init__(
         self,
         account_sid: str,
-        auth_token: str,
+        credentials: tuple[str, str],
         messaging_service_sid: str,
         api_base_url: str = TWILIO_DEFAULT_API_BASE_URL,
         timeout_seconds: float = 15.0,
     ) -> None:
+        """`credentials`: HTTP basic auth for Twilio, (Account SID, Auth Token) or (API Key SID, its secret)."""
         self.messaging_service_sid = messaging_service_sid
         self.http_client = _RedirectingAsyncHttpClient(api_base_url, timeout_seconds)
+        username, password = credentials
         # environment={}: the library would otherwise read TWILIO_* from os.environ; settings are the source.
-        self.client = Client(account_sid, auth_token, http_client=self.http_client, environment={})
+        self.client = Client(username, password, account_sid=account_sid, http_client=self.http_client, environment={})
 
     @classmethod
     async def open(cls, settings: Settings) -> TwilioGateway:
-        settings.require("twilio_account_sid", "twilio_auth_token", "twilio_messaging_service_sid")
-        assert settings.twilio_account_sid and settings.twilio_auth_token and settings.twilio_messaging_service_sid
+        """A gateway with the API Key when TWILIO_API_KEY_SID/SECRET are set, else the Account SID and Auth Token."""
+        settings.require("twilio_account_sid", "twilio_messaging_service_sid")
+        credentials = settings.twilio_rest_credentials
+        if credentials is None:
+            settings.require("twilio_auth_token")
+        assert settings.twilio_account_sid and settings.twilio_messaging_service_sid and credentials
         return cls(
             settings.twilio_account_sid,
-            settings.twilio_auth_token,
+            credentials,
             settings.twilio_messaging_service_sid,
             api_base_url=settings.twilio_api_base_url,
             timeout_seconds=settings.twilio_request_timeout_seconds,

@@ -27,6 +27,7 @@ from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, 
 ACCOUNT_SID = "AC" + "a1" * 16
 TOKEN = "test-auth-token-0123456789abcdef"
 PUBLIC_URL = "https://sms.example.com"
+METRICS_TOKEN = "metrics-token-4f1c2a9e"
 
 
 @pytest.fixture
@@ -41,8 +42,8 @@ def app(settings: Settings, engine: Any, redis_client: Any) -> Iterator[Flask]:
     yield from build_app(settings)
 
 
-def scrape(client: FlaskClient) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    response = client.get("/metrics")
+def scrape(client: FlaskClient, token: str | None = None) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    response = client.get("/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
     assert response.status_code == 200
     assert response.content_type.startswith("text/plain; version=0.0.4")
     return parse_exposition(response.get_data(as_text=True))
@@ -136,12 +137,12 @@ def post_signed(client: FlaskClient, parameters: dict[str, str], signature: str 
 
 
 def test_webhook_metrics_count_callbacks_by_status_and_time_them(settings: Settings, redis_client: redis.Redis) -> None:
-    app = create_webhook_app(settings.replace(database_url=None))
+    app = create_webhook_app(settings.replace(database_url=None, metrics_token=METRICS_TOKEN))
     client = app.test_client()
     for status in ("delivered", "delivered", "sent", "no-such-status"):
         assert post_signed(client, callback_parameters(new_sid(), status)).status_code == 204
     assert post_signed(client, callback_parameters(new_sid(), "sent"), signature="forged").status_code == 403
-    samples = scrape(client)
+    samples = scrape(client, METRICS_TOKEN)
     assert value(samples, "bulksms_callbacks_received_total", status="delivered") == 2
     assert value(samples, "bulksms_callbacks_received_total", status="sent") == 1
     assert value(samples, "bulksms_callbacks_received_total", status="other") == 1
@@ -153,3 +154,27 @@ def test_webhook_metrics_count_callbacks_by_status_and_time_them(settings: Setti
     # The webhook service has no database: no database gauges, no postgres source.
     assert value(samples, "bulksms_metrics_source_up", source="postgres") is None
     assert total(samples, "bulksms_broadcasts") == 0
+
+
+def test_with_a_metrics_token_every_scrape_must_present_it(settings: Settings, engine: Any, redis_client: Any) -> None:
+    for app in (
+        next(build_app(settings.replace(metrics_token=METRICS_TOKEN))),
+        create_webhook_app(settings.replace(database_url=None, metrics_token=METRICS_TOKEN)),
+    ):
+        client = app.test_client()
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {METRICS_TOKEN}"}):
+            refused = client.get("/metrics", headers=headers)
+            assert refused.status_code == 401
+            assert refused.content_type == "application/problem+json"
+            assert refused.headers["WWW-Authenticate"].startswith("Bearer")
+            assert "bulksms_" not in refused.get_data(as_text=True)
+        assert value(scrape(client, METRICS_TOKEN), "bulksms_metrics_source_up", source="redis") == 1
+
+
+def test_without_a_token_the_api_serves_metrics_and_the_internet_facing_webhook_does_not(
+    client: FlaskClient, settings: Settings
+) -> None:
+    assert value(scrape(client), "bulksms_metrics_source_up", source="redis") == 1
+    webhook = create_webhook_app(settings.replace(database_url=None)).test_client()
+    assert webhook.get("/metrics").status_code == 404
+    assert webhook.get("/healthz").status_code == 200

@@ -1,97 +1,15 @@
-"""The opt-out list over HTTP: STOP/START replies (signed like Twilio), the JSON API, CSV import and export."""
+"""The opt-out list over HTTP: the JSON API, CSV import and export (STOP/START replies: test_inbound.py)."""
 
 from __future__ import annotations
 
 import csv
 import io
-from typing import Any
-from urllib.parse import urlencode
 
-import pytest
 from flask.testing import FlaskClient
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.platform.settings import Settings
 from shared.sending.claims import ClaimedMessage, record_opted_out_numbers
 from shared.twilio.gateway import Permanent
-from tests.status_callbacks import twilio_signature
-
-TOKEN = "test-auth-token-0123456789abcdef"
-INBOUND_URL = "http://localhost/webhooks/twilio/inbound"
-EMPTY_TWIML = '<?xml version="1.0" encoding="UTF-8"?><Response></Response>'
-
-
-@pytest.fixture
-def settings(api_settings: Settings) -> Settings:
-    return api_settings.replace(twilio_auth_token=TOKEN)
-
-
-def inbound(
-    client: FlaskClient, body: str, sender: str = "+447700900123", *, forged: bool = False, **extra: str
-) -> Any:
-    parameters = {
-        "MessageSid": "SM" + "c3" * 16,
-        "AccountSid": "AC" + "a1" * 16,
-        "From": sender,
-        "To": "+15005550006",
-        "Body": body,
-        **extra,
-    }
-    signature = twilio_signature("wrong-token" if forged else TOKEN, INBOUND_URL, parameters)
-    return client.post(
-        "/webhooks/twilio/inbound",
-        data=urlencode(parameters),
-        content_type="application/x-www-form-urlencoded",
-        headers={"X-Twilio-Signature": signature},
-    )
-
-
-def opted_out(db_session: Session) -> dict[str, str]:
-    db_session.expire_all()
-    rows = db_session.execute(text("SELECT phone_number, source FROM opted_out_numbers")).all()
-    return {row.phone_number: row.source for row in rows}
-
-
-@pytest.mark.parametrize("body", ["STOP", "  stop ", "Stop.", "unsubscribe!", "QUIT", "optout", "Revoke", "END"])
-def test_a_stop_reply_opts_the_sender_out_and_answers_empty_twiml(
-    client: FlaskClient, db_session: Session, body: str
-) -> None:
-    response = inbound(client, body)
-    assert response.status_code == 200
-    assert response.content_type.startswith("text/xml")
-    assert response.get_data(as_text=True) == EMPTY_TWIML
-    assert opted_out(db_session) == {"+447700900123": "inbound_stop"}
-
-
-def test_start_opts_back_in_and_help_or_chatter_change_nothing(client: FlaskClient, db_session: Session) -> None:
-    inbound(client, "STOP")
-    assert inbound(client, "HELP").status_code == 200
-    assert inbound(client, "Stop sending me these please").status_code == 200
-    assert "+447700900123" in opted_out(db_session)
-    inbound(client, "start")
-    assert opted_out(db_session) == {}
-    inbound(client, "Hello")
-    assert opted_out(db_session) == {}
-    inbound(client, "unstop")  # not on the list: still fine
-    assert opted_out(db_session) == {}
-
-
-def test_advanced_opt_out_type_wins_over_the_body(client: FlaskClient, db_session: Session) -> None:
-    inbound(client, "ARRET", OptOutType="STOP")  # a custom keyword configured in Twilio's console
-    assert "+447700900123" in opted_out(db_session)
-    inbound(client, "STOP", OptOutType="HELP")  # Twilio says HELP: nothing changes
-    assert "+447700900123" in opted_out(db_session)
-    inbound(client, "volver", OptOutType="START")
-    assert opted_out(db_session) == {}
-
-
-def test_a_forged_or_unsigned_reply_is_refused_and_changes_nothing(client: FlaskClient, db_session: Session) -> None:
-    assert inbound(client, "STOP", forged=True).status_code == 403
-    response = client.post("/webhooks/twilio/inbound", data={"From": "+447700900123", "Body": "STOP"})
-    assert response.status_code == 403
-    assert response.content_type == "application/problem+json"
-    assert opted_out(db_session) == {}
 
 
 def test_a_21610_refusal_shows_in_the_list_with_its_source(

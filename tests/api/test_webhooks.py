@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import io
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -14,13 +15,19 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import text
 from twilio.request_validator import RequestValidator
+from werkzeug.test import EnvironBuilder
 
+from api.context import EXTENSION_NAME as API_EXTENSION_NAME
 from api.webhook_app import create_webhook_app
 from bulksms_tools.local_services import find_free_port
+from shared.platform.db import create_session_factory
 from shared.platform.settings import Settings
+from shared.receipts.events import drain_status_stream
 from shared.receipts.status_queue import STREAM_KEY, StatusStreamConsumer, ensure_consumer_group
 from tests.api.conftest import build_app
+from tests.metrics_text import parse_exposition, value
 from tests.status_callbacks import CALLBACK_PATH, callback_parameters, new_sid, twilio_signature
 
 TOKEN = "test-auth-token-0123456789abcdef"
@@ -268,3 +275,147 @@ def test_repeated_parameters_are_signed_and_kept_like_twilio_does(settings: Sett
     assert response.status_code == 204
     (entry,) = queued_entries(stream)
     assert json.loads(entry[b"e"])[0]["MediaUrl"] == ["https://b.example/2", "https://a.example/1"]
+
+
+# --- refused before parsing: the gate in front of both routes, on both apps ------------------------------------
+
+INBOUND_PATH = "/webhooks/twilio/inbound"
+ONE_MIB = 1024 * 1024
+
+
+class UnreadableBody(io.RawIOBase):
+    """A request body that fails the test if anything reads it."""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        raise AssertionError("the webhook read a body it should have refused unread")
+
+
+class CountingBody(io.BytesIO):
+    """A body that remembers how much of it was read."""
+
+    def __init__(self, content: bytes) -> None:
+        super().__init__(content)
+        self.bytes_read = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        chunk = super().read(size)
+        self.bytes_read += len(chunk)
+        return chunk
+
+
+def call_wsgi(app: Flask, environ: dict[str, Any]) -> tuple[int, bytes]:
+    statuses: list[str] = []
+    body = b"".join(app(environ, lambda status, headers, exc_info=None: statuses.append(status)))
+    return int(statuses[0].split()[0]), body
+
+
+def raw_post(path: str, body: Any, *, headers: dict[str, str], content_length: int | None) -> dict[str, Any]:
+    environ = EnvironBuilder(
+        path=path, method="POST", headers=headers, content_type="application/x-www-form-urlencoded"
+    ).get_environ()
+    environ["wsgi.input"] = body
+    if content_length is None:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["wsgi.input_terminated"] = True  # a chunked body, framed by the server
+    else:
+        environ["CONTENT_LENGTH"] = str(content_length)
+    return environ
+
+
+@pytest.fixture(params=["webhook service", "api"])
+def any_app(request: pytest.FixtureRequest, settings: Settings, engine: Any, redis_client: Any) -> Iterator[Flask]:
+    """Both processes that serve the webhooks."""
+    configured = webhook_settings(settings, public_base_url="https://sms.example.com")
+    if request.param == "api":
+        yield from build_app(configured)
+    else:
+        yield create_webhook_app(configured)
+
+
+@pytest.mark.parametrize("path", [CALLBACK_PATH, INBOUND_PATH])
+def test_an_unsigned_request_is_refused_before_its_body_is_read(any_app: Flask, stream: redis.Redis, path: str) -> None:
+    status, body = call_wsgi(any_app, raw_post(path, UnreadableBody(), headers={}, content_length=ONE_MIB))
+    assert status == 403
+    assert json.loads(body)["type"].endswith("invalid-signature")
+    assert stream.exists(STREAM_KEY) == 0
+
+
+@pytest.mark.parametrize("path", [CALLBACK_PATH, INBOUND_PATH])
+def test_a_body_over_the_limit_is_refused_unread(any_app: Flask, stream: redis.Redis, path: str) -> None:
+    headers = {"X-Twilio-Signature": "any"}
+    status, body = call_wsgi(any_app, raw_post(path, UnreadableBody(), headers=headers, content_length=16 * 1024 + 1))
+    assert status == 413
+    assert "16384 bytes" in json.loads(body)["detail"]
+    assert stream.exists(STREAM_KEY) == 0
+
+
+def test_a_chunked_body_is_cut_at_the_limit(any_app: Flask, stream: redis.Redis) -> None:
+    body = CountingBody(b"MessageStatus=sent&" + b"x" * ONE_MIB)
+    headers = {"X-Twilio-Signature": "any"}
+    status, _ = call_wsgi(any_app, raw_post(CALLBACK_PATH, body, headers=headers, content_length=None))
+    assert status == 413
+    assert body.bytes_read <= 16 * 1024 + 1
+    assert stream.exists(STREAM_KEY) == 0
+
+
+def test_the_body_limit_is_a_setting(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(
+        webhook_settings(settings, public_base_url="https://sms.example.com", webhook_max_body_bytes=300)
+    )
+    parameters = callback_parameters(new_sid(), "sent")
+    parameters["Padding"] = "x" * 300
+    url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    assert post_callback(client, url, parameters, base_url="http://x").status_code == 413
+    del parameters["Padding"]
+    assert post_callback(client, url, parameters, base_url="http://x").status_code == 204
+
+
+def test_during_a_token_rotation_both_tokens_are_accepted_and_no_other(settings: Settings, stream: redis.Redis) -> None:
+    client = make_client(
+        webhook_settings(
+            settings,
+            public_base_url="https://sms.example.com",
+            twilio_auth_token="new-token",
+            twilio_auth_token_previous=TOKEN,
+        )
+    )
+    url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    for token, expected in ((TOKEN, 204), ("new-token", 204), ("some-other-token", 403)):
+        parameters = callback_parameters(new_sid(), "sent")
+        assert post_callback(client, url, parameters, base_url="http://x", token=token).status_code == expected
+    assert len(queued_entries(stream)) == 2
+    # After the rotation, the old token is refused again.
+    rotated = make_client(
+        webhook_settings(settings, public_base_url="https://sms.example.com", twilio_auth_token="new-token")
+    )
+    parameters = callback_parameters(new_sid(), "sent")
+    assert post_callback(rotated, url, parameters, base_url="http://x", token=TOKEN).status_code == 403
+
+
+def test_a_replayed_callback_is_queued_but_applied_and_counted_once(
+    main_app: Flask, stream: redis.Redis, engine: Any
+) -> None:
+    """Twilio retrying, or an attacker replaying a captured request: the same signed body arrives twice. The
+    webhook answers both (it keeps no state), the consumer stores and applies it once: the dedupe key is
+    (MessageSid, MessageStatus, ErrorCode)."""
+    client = main_app.test_client()
+    url = f"https://sms.example.com{CALLBACK_PATH}?{QUERY}"
+    parameters = callback_parameters(new_sid(), "undelivered", error_code=30007)
+    for _ in range(3):
+        assert post_callback(client, url, parameters, base_url="http://x").status_code == 204
+    assert len(queued_entries(stream)) == 3
+    settings = main_app.extensions[API_EXTENSION_NAME].settings
+    report = drain_status_stream(create_session_factory(engine), stream, settings)
+    assert report.callbacks == 3 and report.totals.stored == 1
+    assert stream.xlen(STREAM_KEY) == 0
+    with engine.connect() as connection:
+        stored = connection.execute(
+            text("SELECT count(*) FROM status_events WHERE message_sid = :sid"), {"sid": parameters["MessageSid"]}
+        ).scalar_one()
+    assert stored == 1
+    samples = parse_exposition(client.get("/metrics").get_data(as_text=True))
+    assert value(samples, "bulksms_callbacks_received_total", status="undelivered") == 3
+    assert value(samples, "bulksms_callbacks_applied_total", status="undelivered") == 1

@@ -4,6 +4,7 @@ webhook service (gunicorn), are queued in Redis and applied to PostgreSQL by the
 from __future__ import annotations
 
 import pytest
+import redis
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,7 @@ def test_broadcast_callbacks_reach_postgres_through_the_webhook(
     simulator: SimulatorControl,
     workers: WorkerProcesses,
     webhook_service: None,
+    redis_client: redis.Redis,  # requested so the test starts from an empty stream, whatever ran before
 ) -> None:
     ordinary = [f"+1555{index:07d}" for index in range(30)]
     filtered = ["+150055500170001", "+150055500170002"]  # queued -> sent -> undelivered 30007: final

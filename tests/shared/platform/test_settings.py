@@ -97,6 +97,35 @@ def test_twilio_is_configured_only_with_all_three_credentials() -> None:
     assert not load_settings(environ=credentials, dotenv_path=None).twilio_configured
 
 
+def test_an_api_key_is_used_for_sending_and_needs_its_secret() -> None:
+    account = {"TWILIO_ACCOUNT_SID": "AC1", "TWILIO_MESSAGING_SERVICE_SID": "MG1"}
+    with_token = load_settings(environ={**account, "TWILIO_AUTH_TOKEN": "t"}, dotenv_path=None)
+    assert with_token.twilio_rest_credentials == ("AC1", "t")
+    key = {"TWILIO_API_KEY_SID": "SK1", "TWILIO_API_KEY_SECRET": "s"}
+    with_key = load_settings(environ={**account, **key}, dotenv_path=None)
+    assert with_key.twilio_configured and with_key.twilio_rest_credentials == ("SK1", "s")
+    both = load_settings(environ={**account, **key, "TWILIO_AUTH_TOKEN": "t"}, dotenv_path=None)
+    assert both.twilio_rest_credentials == ("SK1", "s")  # the key wins: it can be revoked on its own
+    for half in ({"TWILIO_API_KEY_SID": "SK1"}, {"TWILIO_API_KEY_SECRET": "s"}):
+        with pytest.raises(SettingsError, match="TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET"):
+            load_settings(environ={**account, **half}, dotenv_path=None)
+
+
+def test_webhook_signatures_are_checked_against_the_token_and_the_one_being_rotated_out() -> None:
+    assert Settings().twilio_webhook_tokens == ()
+    assert load_settings(environ={"TWILIO_AUTH_TOKEN": "new"}, dotenv_path=None).twilio_webhook_tokens == ("new",)
+    rotating = load_settings(
+        environ={"TWILIO_AUTH_TOKEN": "new", "TWILIO_AUTH_TOKEN_PREVIOUS": "old"}, dotenv_path=None
+    )
+    assert rotating.twilio_webhook_tokens == ("new", "old")
+
+
+@pytest.mark.parametrize("variable", ["WEBHOOK_MAX_BODY_BYTES", "WEBHOOK_READ_TIMEOUT_SECONDS"])
+def test_webhook_limits_must_be_positive(variable: str) -> None:
+    with pytest.raises(SettingsError, match=f"{variable} must be a positive number"):
+        load_settings(environ={variable: "0"}, dotenv_path=None)
+
+
 def test_settings_survive_the_trip_to_a_child_process_environment() -> None:
     settings = load_settings(
         environ={"DATABASE_URL": "postgresql://db/x", "PORT": "9100", "CLAIM_LEASE_SECONDS": "30"},

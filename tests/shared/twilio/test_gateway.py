@@ -4,15 +4,18 @@ to the simulator (magic numbers and fault settings)."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 from twilio.base.exceptions import TwilioRestException
 
-from bulksms_tools.local_services import find_free_port
+from bulksms_tools.local_services import ManagedProcess, find_free_port, wait_for_port
 from shared.platform.settings import Settings
 from shared.twilio.error_codes import ERROR_CODES, SendErrorBehaviour, TwilioErrorCode
 from shared.twilio.gateway import (
@@ -26,6 +29,7 @@ from shared.twilio.gateway import (
     TwilioLookupError,
     outcome_of_error_response,
 )
+from tests.conftest import REPOSITORY_ROOT, TEST_ACCOUNT_SID, TEST_AUTH_TOKEN
 
 T = TypeVar("T")
 
@@ -195,3 +199,49 @@ def test_find_messages_raises_when_twilio_cannot_answer(settings: Settings) -> N
             settings.replace(twilio_api_base_url=closed),
             lambda gateway: gateway.find_messages("+15551230008", datetime.now(UTC)),
         )
+
+
+# --- sending with an API Key instead of the Auth Token ------------------------------------------------------------
+
+API_KEY_SID = "SK" + "c3" * 16
+API_KEY_SECRET = "api-key-secret-0123456789"
+
+
+@pytest.fixture(scope="module")
+def simulator_with_an_api_key(artifacts_directory: Path) -> Iterator[str]:
+    """A simulator that, like Twilio, also takes one of the account's API Keys in basic auth."""
+    port = find_free_port()
+    process = ManagedProcess(
+        "simulator-api-key",
+        [
+            sys.executable, "-m", "bulksms_tools.simulator", "--port", str(port),
+            "--account-sid", TEST_ACCOUNT_SID, "--auth-token", TEST_AUTH_TOKEN,
+            "--api-key-sid", API_KEY_SID, "--api-key-secret", API_KEY_SECRET,
+            "--latency-ms", "0", "--no-callbacks",
+        ],
+        environment=dict(os.environ),
+        log_path=artifacts_directory / "simulator-api-key.log",
+        working_directory=REPOSITORY_ROOT,
+    ).start()  # fmt: skip
+    wait_for_port(port)
+    yield f"http://127.0.0.1:{port}"
+    process.stop()
+
+
+def test_with_an_api_key_the_auth_token_is_not_needed_to_send(
+    settings: Settings, simulator_with_an_api_key: str
+) -> None:
+    with_key = settings.replace(
+        twilio_api_base_url=simulator_with_an_api_key,
+        twilio_auth_token=None,
+        twilio_api_key_sid=API_KEY_SID,
+        twilio_api_key_secret=API_KEY_SECRET,
+    )
+    outcome = send(with_key, "+15551230004")
+    assert isinstance(outcome, Accepted) and outcome.sid.startswith("SM")
+    # The key wins over the Auth Token when both are set, and a wrong secret is refused like a wrong token.
+    assert isinstance(send(with_key.replace(twilio_auth_token=TEST_AUTH_TOKEN), "+15551230005"), Accepted)
+    refused = send(with_key.replace(twilio_api_key_secret="not-the-secret"), "+15551230006")
+    assert isinstance(refused, Permanent) and refused.code == 20003
+    # Without a key the Account SID and Auth Token still work against the same account.
+    assert isinstance(send(settings.replace(twilio_api_base_url=simulator_with_an_api_key), "+15551230007"), Accepted)
