@@ -17,7 +17,7 @@ from api.request_logging import init_request_logging
 from api.webhooks import init_webhooks
 from shared.platform.db import create_database_engine, create_session_factory
 from shared.platform.settings import Settings
-from shared.platform.task_queue import create_celery_app
+from shared.platform.task_queue import check_chunk_message_format, create_celery_app
 
 # Short: a readiness probe or a broadcast should learn quickly that Redis is gone, not hang.
 REDIS_CHECK_TIMEOUT_SECONDS = 2.0
@@ -31,12 +31,14 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("api").setLevel(settings.log_level.upper())
+    celery_app = create_celery_app(settings, name="bulksms-api")
+    check_chunk_message_format(celery_app)  # the intake writes chunk tasks by hand: refuse to start if they drifted
     engine = create_database_engine(settings)
     app.extensions[EXTENSION_NAME] = ApiServices(
         settings=settings,
         engine=engine,
         session_factory=create_session_factory(engine),
-        celery_app=create_celery_app(settings, name="bulksms-api"),
+        celery_app=celery_app,
         redis_client=redis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=REDIS_CHECK_TIMEOUT_SECONDS,

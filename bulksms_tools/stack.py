@@ -30,7 +30,13 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from bulksms_tools.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port
+from bulksms_tools.local_services import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServerUnavailable,
+    ManagedProcess,
+    find_free_port,
+)
 from shared.platform.db import sqlalchemy_url
 from shared.platform.migrate import upgrade_to_head
 from shared.platform.settings import Settings, settings_to_environment
@@ -156,6 +162,14 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _unavailable_as_stack_error() -> Iterator[None]:
+    try:
+        yield
+    except EmbeddedServerUnavailable as error:
+        raise StackError(str(error), EXIT_CONFIGURATION_ERROR) from None
+
+
 def check_database_reachable(database_url: str, variable: str = "DATABASE_URL") -> None:
     engine = create_engine(sqlalchemy_url(database_url), connect_args={"connect_timeout": 5})
     try:
@@ -197,7 +211,10 @@ def _ensure_database(server_url: str, database: str) -> None:
 def start_embedded_postgres(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
     """Start (or create) the embedded server and return it with the URL of the `bulksms` database."""
     server = EmbeddedPostgres(data_dir / "postgres")
-    server_url = server.start()
+    try:
+        server_url = server.start()
+    except EmbeddedServerUnavailable as error:
+        raise StackError(str(error), EXIT_CONFIGURATION_ERROR) from None
     _ensure_database(server_url, EMBEDDED_DATABASE_NAME)
     return server, server.url_for_database(EMBEDDED_DATABASE_NAME)
 
@@ -362,7 +379,7 @@ class LocalStack:
             self.say(f"PostgreSQL: {mask_url(configured)}  (DATABASE_URL)")
             return configured
         self.say("PostgreSQL: starting the embedded server ...")
-        with deferred_interrupts():
+        with deferred_interrupts(), _unavailable_as_stack_error():
             self._postgres = EmbeddedPostgres(self.data_dir / "postgres")
             server_url = self._postgres.start()
         _ensure_database(server_url, EMBEDDED_DATABASE_NAME)
@@ -376,9 +393,10 @@ class LocalStack:
             check_redis_reachable(configured)
             self.say(f"Redis: {mask_url(configured)}  (REDIS_URL)")
             return configured
-        with deferred_interrupts():
-            self._redis = EmbeddedRedis(self.data_dir / "redis")
-            self._redis.start()
+        with deferred_interrupts(), _unavailable_as_stack_error():
+            redis_server = EmbeddedRedis(self.data_dir / "redis")
+            redis_server.start()
+            self._redis = redis_server
         self.say(f"Redis: embedded, {self._redis.url}")
         return self._redis.url
 

@@ -177,6 +177,64 @@ def _chunk_message_template(app: Celery, broadcast_id: str) -> dict[str, Any]:
     }
 
 
+class TaskMessageFormatError(RuntimeError):
+    """The hand-built chunk message no longer matches what Celery's `send_task` publishes (Celery or kombu
+    changed their message format): workers could not read the intake's tasks, so the process refuses to start."""
+
+
+# Fields that differ between any two messages by design: fresh ids per task.
+_PER_MESSAGE_FIELDS = (("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"))
+
+
+def check_chunk_message_format(app: Celery) -> None:
+    """Compare the hand-built message for one chunk with the one `send_task` publishes, through kombu's in-memory
+    transport (the same virtual-transport code that writes Redis' lists); raise TaskMessageFormatError on any
+    difference beyond the per-message ids. The API and the worker run this at start-up."""
+    broadcast_id = "00000000-0000-0000-0000-000000000000"
+    with app.connection_for_write("memory://") as connection:
+        channel = connection.default_channel
+        app.send_task(SEND_CHUNK_TASK, args=[broadcast_id, 0], queue=SEND_QUEUE, connection=connection)
+        published: dict[str, Any] = channel._get(SEND_QUEUE)
+    hand_built: dict[str, Any] = json.loads(_chunk_message(_chunk_message_template(app, broadcast_id), broadcast_id, 0))
+    expected, actual = _normalised(published), _normalised(hand_built)
+    if expected != actual:
+        differences = sorted(_differences(expected, actual))
+        raise TaskMessageFormatError(
+            "the intake's hand-built sms.send_chunk message no longer matches Celery's send_task "
+            f"(celery/kombu upgraded?): {'; '.join(differences[:10])}. "
+            "Fix shared/platform/task_queue.py::_chunk_message_template or pin the previous versions."
+        )
+
+
+def _normalised(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its per-message ids replaced by markers (after checking that they agree with each other)
+    and its delivery tag dropped (the transport's own bookkeeping), the body decoded."""
+    copy = json.loads(json.dumps(message))
+    task_id = copy.get("headers", {}).get("id")
+    for section, name in _PER_MESSAGE_FIELDS:
+        if copy.get(section, {}).get(name) == task_id:
+            copy[section][name] = "<task id>"
+    copy.get("properties", {}).pop("delivery_tag", None)
+    if copy.get("properties", {}).get("body_encoding") == "base64":
+        copy["body"] = json.loads(base64.b64decode(copy["body"]))
+    return dict(copy)
+
+
+def _differences(expected: Any, actual: Any, path: str = "") -> list[str]:
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found = []
+        for key in sorted(set(expected) | set(actual)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in actual:
+                found.append(f"{where} missing")
+            elif key not in expected:
+                found.append(f"{where} not in send_task's message")
+            else:
+                found.extend(_differences(expected[key], actual[key], where))
+        return found
+    return [] if expected == actual else [f"{path}: send_task has {expected!r}, hand-built {actual!r}"]
+
+
 def _chunk_message(template: dict[str, Any], broadcast_id: str, chunk_number: int) -> str:
     task_id = str(uuid.uuid4())
     args = [broadcast_id, chunk_number]
