@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Flask
 
-from api import broadcast_controls, broadcasts, exports, health, inbound, opt_outs
+from api import broadcast_controls, broadcasts, exports, health, inbound, opt_outs, recipients
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
@@ -55,6 +55,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(opt_outs.blueprint)
     app.register_blueprint(exports.blueprint)  # GET /v1/broadcasts/{id}/messages.csv
     app.register_blueprint(inbound.blueprint)
+    app.register_blueprint(recipients.blueprint)  # DELETE /v1/recipients/{number}: erasure on request
     init_dashboard(app, settings)  # /dashboard/ pages, signed in with an API key
     init_request_logging(app)  # X-Request-Id, one log line per request
     services = app.extensions[EXTENSION_NAME]

@@ -197,6 +197,7 @@ class Simulator:
         self._body_cache: dict[tuple[str, bool], tuple[str, int]] = {}
         self._shared_strings: dict[str, str] = {}
         self._step_seconds = (-1.0, 0.0)
+        self.deleted: set[int] = set()  # indices of messages deleted through the API
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -434,9 +435,16 @@ class Simulator:
 
     async def _read(self, request: web.Request, answer: ReadHandler) -> web.Response:
         """Reads share the concurrency cap and the latency with sends, as Twilio counts all API requests."""
+        status, document = await self._answer_read(request, answer)
+        response = self._json(status, document)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+        return response
+
+    async def _answer_read(self, request: web.Request, answer: ReadHandler) -> tuple[int, dict[str, Any]]:
         self.read_requests += 1
         if self._at_capacity():
-            return self._error(SimulatorError(429, 20429, "Too Many Requests"))
+            return 429, error_document(429, 20429, "Too Many Requests")
         self._enter()
         try:
             try:
@@ -447,10 +455,7 @@ class Simulator:
             delay = self.config.latency_ms / 1000
             if delay > 0:
                 await asyncio.sleep(delay)
-            response = self._json(status, document)
-            if status == 401:
-                response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-            return response
+            return status, document
         finally:
             self.in_flight -= 1
 
@@ -460,8 +465,28 @@ class Simulator:
     async def list_messages(self, request: web.Request) -> web.Response:
         return await self._read(request, self._list)
 
+    async def delete_message(self, request: web.Request) -> web.Response:
+        """`DELETE Messages/{Sid}.json`: 204, then the message is gone from fetches and `/_simulator/messages`."""
+        status, document = await self._answer_read(request, self._delete)
+        if status == 204:
+            return web.Response(status=204, headers={"Twilio-Concurrent-Requests": str(self.in_flight)})
+        return self._json(status, document)
+
+    def _delete(self, request: web.Request) -> tuple[int, dict[str, Any]]:
+        index = self._existing(request.match_info["sid"])
+        self.deleted.add(index)
+        return 204, {}
+
+    def _existing(self, sid: str) -> int:
+        index = self.store.find(sid)
+        if index is None or index in self.deleted:
+            raise SimulatorError(404, 20404, f"The requested resource /Messages/{sid}.json was not found")
+        return index
+
     def _fetch(self, request: web.Request) -> tuple[int, dict[str, Any]]:
         index = self.store.find(request.match_info["sid"])
+        if index is not None and index in self.deleted:
+            index = None
         if index is None:
             raise SimulatorError(404, 20404, f"The requested resource {request.path} was not found")
         return 200, self.store.resource(index)
@@ -485,6 +510,8 @@ class Simulator:
             raise SimulatorError(400, 20001, "Page and PageSize must be integers.") from error
 
         indices = self.store.select(query.get("To"), query.get("From"), created_from, created_until)
+        if self.deleted:
+            indices = [index for index in indices if index not in self.deleted]
         total = len(indices)
         start = page * page_size
         # Newest first, as Twilio lists.
@@ -523,6 +550,7 @@ class Simulator:
     async def reset(self, request: web.Request) -> web.Response:
         """Forget every message, counter and scheduled callback; restore the startup configuration."""
         self.store.clear()
+        self.deleted.clear()
         self.callbacks.reset()
         self.config = dataclasses.replace(self.startup_config)
         self._reset_counters()
@@ -564,6 +592,8 @@ class Simulator:
             return self._json(400, {"message": "?to= is required"}, twilio_headers=False)
         items = []
         for index in self.store.select(to=to):
+            if index in self.deleted:
+                continue
             record = self.store.records[index]
             items.append(
                 {
@@ -591,6 +621,7 @@ class Simulator:
             "in_flight": self.in_flight,
             "read_requests": self.read_requests,
             "stored_messages": len(store.records),
+            "deleted_messages": len(self.deleted),
             "distinct_recipients": store.distinct_recipients,
             "duplicate_count": len(store.records) - store.distinct_recipients,
             "duplicate_recipient_count": store.duplicate_recipient_count,
@@ -613,6 +644,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(f"{account}/Messages.json", simulator.create_message)
     app.router.add_get(f"{account}/Messages.json", simulator.list_messages)
     app.router.add_get(account + "/Messages/{sid}.json", simulator.fetch_message)
+    app.router.add_delete(account + "/Messages/{sid}.json", simulator.delete_message)
     app.router.add_route("*", "/2010-04-01/{tail:.*}", simulator.unknown_resource)
     app.router.add_post("/_simulator/reset", simulator.reset)
     app.router.add_post("/_simulator/config", simulator.configure)

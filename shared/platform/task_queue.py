@@ -31,6 +31,11 @@ COMPLETE_BROADCASTS_TASK = "sms.complete_broadcasts"  # shared.receipts.completi
 NOTIFY_COMPLETION_TASK = "sms.notify_completion"  # the signed POST to a broadcast's callback_url
 RELEASE_SCHEDULED_TASK = "sms.release_scheduled"  # shared.broadcasts.control: scheduled broadcasts at send_at
 RELEASE_DEFERRED_TASK = "sms.release_deferred"  # shared.broadcasts.control: quiet-hours deferrals that ended
+COMPACT_MESSAGE_COUNTS_TASK = "sms.compact_message_counts"  # shared.messages.counts: fold the appended counts
+APPLY_RETENTION_TASK = "sms.apply_retention"  # shared.messages.retention: RETENTION_DAYS after completion
+TRIM_STATUS_STREAM_TASK = "sms.trim_status_stream"  # shared.receipts.status_queue: drop what every group acked
+# How often beat runs retention: each run does a bounded amount of work in short transactions.
+RETENTION_INTERVAL_SECONDS = 600.0
 
 # Longer than the longest retry backoff and than any chunk can take, so Redis never hands a task that is
 # still running to a second worker; a worker that died is covered sooner by the sweeper (see shared.sending.sweeper).
@@ -52,6 +57,9 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             NOTIFY_COMPLETION_TASK: {"queue": MAINTENANCE_QUEUE},
             RELEASE_SCHEDULED_TASK: {"queue": MAINTENANCE_QUEUE},
             RELEASE_DEFERRED_TASK: {"queue": MAINTENANCE_QUEUE},
+            COMPACT_MESSAGE_COUNTS_TASK: {"queue": MAINTENANCE_QUEUE},
+            APPLY_RETENTION_TASK: {"queue": MAINTENANCE_QUEUE},
+            TRIM_STATUS_STREAM_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -111,6 +119,22 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             "complete-broadcasts": {
                 "task": COMPLETE_BROADCASTS_TASK,
                 "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            # Keeps each broadcast's maintained counts at a few rows, so reading them stays cheap.
+            "compact-message-counts": {
+                "task": COMPACT_MESSAGE_COUNTS_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            "apply-retention": {
+                "task": APPLY_RETENTION_TASK,
+                "schedule": RETENTION_INTERVAL_SECONDS,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": RETENTION_INTERVAL_SECONDS},
+            },
+            "trim-status-stream": {
+                "task": TRIM_STATUS_STREAM_TASK,
+                "schedule": 60.0,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
             },
         },
