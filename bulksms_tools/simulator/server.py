@@ -92,6 +92,7 @@ class SimulatorConfig:
     max_concurrency: int = 100  # 0: no cap
     error_rate_429: float = 0.0
     error_rate_500: float = 0.0
+    timeout_rate: float = 0.0  # share of accepted messages answered only after slow_ms (a client times out)
     callbacks_enabled: bool = True
     callback_delay_ms: float = 200.0
     slow_ms: float = 10_000.0
@@ -105,6 +106,7 @@ RUNTIME_OPTIONS: dict[str, tuple[tuple[type, ...], float | None, float | None]] 
     "max_concurrency": ((int,), 0, None),
     "error_rate_429": ((int, float), 0, 1),
     "error_rate_500": ((int, float), 0, 1),
+    "timeout_rate": ((int, float), 0, 1),
     "callbacks_enabled": ((bool,), None, None),
     "callback_delay_ms": ((int, float), 0, None),
     "slow_ms": ((int, float), 0, None),
@@ -418,7 +420,9 @@ class Simulator:
         answer_500 = (magic is not None and magic.kind is MagicKind.SERVER_ERROR) or (
             bool(config.error_rate_500) and random.random() < config.error_rate_500
         )
-        slow = magic is not None and magic.kind is MagicKind.SLOW
+        slow = (magic is not None and magic.kind is MagicKind.SLOW) or (
+            bool(config.timeout_rate) and random.random() < config.timeout_rate
+        )
         return self.store.resource(index, now), answer_500, slow
 
     @staticmethod
