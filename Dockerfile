@@ -9,13 +9,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# Dependencies first, in their own layer, so a code change does not reinstall them.
-COPY pyproject.toml README.md ./
-RUN mkdir -p api worker shared bulksms_tools \
-    && touch api/__init__.py worker/__init__.py shared/__init__.py bulksms_tools/__init__.py \
-    && pip install . \
-    && pip uninstall --yes bulksms
+# Dependencies first, in their own layer, so a code change does not reinstall them: the exact versions of
+# requirements.lock (generated from pyproject.toml by `make lock`), each checked against its hash.
+COPY requirements.lock ./
+RUN pip install --require-hashes -r requirements.lock
 
+COPY pyproject.toml README.md LICENSE ./
 COPY api ./api
 COPY worker ./worker
 COPY shared ./shared

@@ -4,16 +4,21 @@
 #   make lint   ruff and mypy
 #   make bench  the benchmarks in bench/ (slow; prints figures)
 #   make clean  remove caches and the local data folder (.bulksms); `make distclean` also removes .venv
+#   make lock   regenerate requirements.lock / requirements-dev.lock from pyproject.toml (after changing it)
+#
+# Dependencies are installed from requirements-dev.lock (exact versions with hashes), then bulksms itself without
+# its dependencies: every machine, CI and the Docker image (requirements.lock) run the same versions.
 
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# Rewritten after each install: pip runs again only when pyproject.toml is newer.
+# Rewritten after each install: pip runs again only when pyproject.toml or the lock file is newer.
 STAMP := $(VENV)/.installed-from-pyproject
+LOCK_PYTHON := 3.11
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install demo up test lint format bench clean distclean
+.PHONY: help install demo up test lint format bench clean distclean lock
 
 help:
 	@echo "make demo   run the whole stack and a 10,000-recipient demo broadcast (simulated Twilio)"
@@ -22,6 +27,7 @@ help:
 	@echo "make lint   ruff check, ruff format --check, mypy"
 	@echo "make bench  run the benchmarks in bench/"
 	@echo "make clean  remove caches and .bulksms; make distclean also removes .venv"
+	@echo "make lock   regenerate the lock files from pyproject.toml"
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' 2>/dev/null || { \
@@ -30,9 +36,10 @@ $(BIN)/python:
 		exit 1; }
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml | $(BIN)/python
+$(STAMP): pyproject.toml requirements-dev.lock | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -70,3 +77,11 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# uv resolves once for every platform and Python >= 3.11 (--universal); hashes make pip refuse anything else.
+lock: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet uv
+	$(BIN)/python -m uv pip compile pyproject.toml --universal --python-version $(LOCK_PYTHON) --generate-hashes \
+		--quiet -o requirements.lock
+	$(BIN)/python -m uv pip compile pyproject.toml --extra dev --universal --python-version $(LOCK_PYTHON) \
+		--generate-hashes --quiet -o requirements-dev.lock

@@ -7,7 +7,7 @@ import logging
 import redis
 from flask import Flask
 
-from api import broadcast_controls, broadcasts, exports, health, opt_outs
+from api import broadcast_controls, broadcasts, exports, health, opt_outs, recipients
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
@@ -17,7 +17,7 @@ from api.request_logging import init_request_logging
 from api.webhooks import init_webhooks
 from shared.platform.db import create_database_engine, create_session_factory
 from shared.platform.settings import Settings
-from shared.platform.task_queue import create_celery_app
+from shared.platform.task_queue import check_chunk_message_format, create_celery_app
 
 # Short: a readiness probe or a broadcast should learn quickly that Redis is gone, not hang.
 REDIS_CHECK_TIMEOUT_SECONDS = 2.0
@@ -31,12 +31,14 @@ def create_app(settings: Settings) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     app.json.sort_keys = False  # type: ignore[attr-defined]
     logging.getLogger("api").setLevel(settings.log_level.upper())
+    celery_app = create_celery_app(settings, name="bulksms-api")
+    check_chunk_message_format(celery_app)  # the intake writes chunk tasks by hand: refuse to start if they drifted
     engine = create_database_engine(settings)
     app.extensions[EXTENSION_NAME] = ApiServices(
         settings=settings,
         engine=engine,
         session_factory=create_session_factory(engine),
-        celery_app=create_celery_app(settings, name="bulksms-api"),
+        celery_app=celery_app,
         redis_client=redis.Redis.from_url(
             settings.redis_url,
             socket_connect_timeout=REDIS_CHECK_TIMEOUT_SECONDS,
@@ -53,6 +55,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(broadcast_controls.blueprint)
     app.register_blueprint(opt_outs.blueprint)
     app.register_blueprint(exports.blueprint)  # GET /v1/broadcasts/{id}/messages.csv
+    app.register_blueprint(recipients.blueprint)  # DELETE /v1/recipients/{number}: erasure on request
     init_dashboard(app, settings)  # /dashboard/ pages, signed in with an API key
     init_request_logging(app)  # X-Request-Id, one log line per request
     services = app.extensions[EXTENSION_NAME]

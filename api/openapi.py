@@ -54,6 +54,7 @@ TAG_DESCRIPTIONS = {
     "Broadcasts": "Send one message to a list of recipients, and follow its progress.",
     "Broadcast controls": "Pause, resume, cancel or reschedule a broadcast.",
     "Opt-outs": "The account-wide suppression list.",
+    "Recipients": "Data protection: erase one person's number.",
     "Webhooks": "Called by Twilio, signed with the account's auth token (`X-Twilio-Signature`).",
     "Health": "Liveness and readiness probes for load balancers and orchestrators.",
     "Documentation": "This document, as JSON and as a page.",
@@ -285,6 +286,35 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
         ],
         "responses": {204: _ok("Removed."), "errors": (404,)},
     },
+    ("recipients.erase", "delete"): {
+        "tags": ["Recipients"],
+        "summary": "Erase one person's number everywhere (GDPR erasure)",
+        "description": (
+            "Removes the number (and template values) from every message sent or due to it, in every broadcast, "
+            "and from the raw status callbacks of those messages, so from every export too; unsent messages to it "
+            "are canceled. Counts, outcomes and SIDs stay. The opt-out list keeps the number if it is on it, so the "
+            "suppression survives. With `delete_at_twilio=true` each message is also deleted at Twilio "
+            "(`DELETE Messages/{Sid}.json`), which otherwise keeps its body and `To`. Idempotent. 409 while a send "
+            "to the number is in flight (`Retry-After`)."
+        ),
+        "parameters": [
+            {
+                "name": "number",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string"},
+                "example": "+447700900123",
+            },
+            {
+                "name": "delete_at_twilio",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "boolean", "default": False},
+                "description": "Also delete the messages at Twilio.",
+            },
+        ],
+        "responses": {200: _ok("What was erased.", _json_content(_ref("Erasure"))), "errors": (409, 422)},
+    },
     ("opt_outs.export", "get"): {
         "tags": ["Opt-outs"],
         "summary": "Export the opt-out list as CSV",
@@ -377,6 +407,23 @@ OPERATIONS: dict[tuple[str, str], dict[str, Any]] = {
 }
 
 EXTRA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "Erasure": {
+        "type": "object",
+        "required": ["number", "messages_erased", "messages_canceled", "status_events_redacted", "twilio"],
+        "properties": {
+            "number": {"type": "string", "example": "+447700900123"},
+            "messages_erased": {"type": "integer", "description": "Messages whose number was removed."},
+            "messages_canceled": {"type": "integer", "description": "Of those, unsent ones now canceled."},
+            "status_events_redacted": {"type": "integer", "description": "Raw callbacks stripped of the number."},
+            "kept_on_opt_out_list": {"type": "boolean", "description": "The suppression stays (by design)."},
+            "twilio": {
+                "type": "object",
+                "description": "`requested`, `messages` (SIDs held); with `delete_at_twilio`: `deleted`, "
+                "`not_found`, `failed` (each with `sid` and `reason`).",
+                "additionalProperties": True,
+            },
+        },
+    },
     "Problem": {
         "type": "object",
         "description": "RFC 9457 problem details; some problems add fields (`invalid`, `broadcast_id`, `checks`, ...).",

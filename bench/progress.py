@@ -4,7 +4,9 @@ Not a test: run it on purpose, `python bench/progress.py [--recipients N]`. It u
 `bulksms_bench_progress` database), an embedded PostgreSQL otherwise. The recipients are stored by the real intake
 (`shared.broadcasts.intake.create_broadcast`, COPY), then spread over every state (delivered, sent, undelivered and
 failed with error codes, retries, pending, ...) with a second, smaller broadcast beside it; the GET goes through the
-Flask app. Prints the first (cold) and the median of the next GETs, before and after VACUUM. Target: well under 1 s.
+Flask app. Prints the first (cold) and the median of the next GETs, before and after VACUUM, and a `/metrics`
+scrape. The baseline, measured in the same run, is what GET did before the counts were maintained: `count(*)` per
+state over the broadcast's index range. Target: GET under 50 ms.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
@@ -25,12 +28,13 @@ sys.path.insert(0, str(REPOSITORY_ROOT))
 from api.app import create_app  # noqa: E402
 from bulksms_tools.local_services import EmbeddedPostgres  # noqa: E402
 from shared.broadcasts.intake import BroadcastRequest, create_broadcast  # noqa: E402
+from shared.messages import counts  # noqa: E402
 from shared.platform.api_keys import create_api_key  # noqa: E402
 from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url  # noqa: E402
 from shared.platform.migrate import upgrade_to_head  # noqa: E402
 from shared.platform.settings import load_settings  # noqa: E402
 
-TARGET_SECONDS = 1.0
+TARGET_SECONDS = 0.050
 # (share of the recipients, state, error code): applied to consecutive id ranges.
 STATE_MIX = (
     (0.55, "delivered", None),
@@ -113,6 +117,9 @@ def main() -> None:
             )
             session.commit()
             print(f"states spread:       {time.perf_counter() - started:.1f} s")
+            while counts.compact(session):  # what beat's sms.compact_message_counts does every sweep interval
+                session.commit()
+            session.commit()
 
         client = create_app(settings).test_client()
         headers = {"Authorization": f"Bearer {plaintext}"}
@@ -134,12 +141,37 @@ def main() -> None:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             connection.execute(text("VACUUM ANALYZE messages"))
         median = measure("(after VACUUM ANALYZE)")
+        baseline = measure_baseline(session_factory, big.id, arguments.repeat)
+        print(f"baseline count(*)    median {baseline * 1000:7.1f} ms  (counting the broadcast's rows per state)")
+        print(f"ratio                GET / baseline = {median / baseline:.3f}")
+        scrapes = []
+        for _ in range(arguments.repeat):
+            started = time.perf_counter()
+            client.get("/metrics")
+            scrapes.append(time.perf_counter() - started)
+        print(f"GET /metrics         median {statistics.median(scrapes) * 1000:7.1f} ms")
         print(f"progress:            {body_summary(client, big.id, headers)}")
-        print(f"target:              {'met' if median < TARGET_SECONDS else 'MISSED'} (< {TARGET_SECONDS:.0f} s)")
+        print(
+            f"target:              {'met' if median < TARGET_SECONDS else 'MISSED'} (< {TARGET_SECONDS * 1000:.0f} ms)"
+        )
         engine.dispose()
     finally:
         if postgres is not None:
             postgres.stop()
+
+
+def measure_baseline(session_factory: Any, broadcast_id: object, repeat: int) -> float:
+    """The old way: count the broadcast's messages per state (an index-only scan of its range)."""
+    timings = []
+    with session_factory() as session:
+        for _ in range(repeat):
+            started = time.perf_counter()
+            session.execute(
+                text("SELECT state, count(*) FROM messages WHERE broadcast_id = :id GROUP BY state"),
+                {"id": broadcast_id},
+            ).all()
+            timings.append(time.perf_counter() - started)
+    return statistics.median(timings[1:]) if len(timings) > 1 else timings[0]
 
 
 def body_summary(client: object, broadcast_id: object, headers: dict[str, str]) -> str:

@@ -123,6 +123,8 @@ def stack_options(function: Any) -> Any:
 @click.option("--api-workers", default=2, show_default=True, help="gunicorn worker processes.")
 @click.option("--worker-concurrency", type=int, help="Celery worker processes (default: the worker's).")
 @click.option("--simulator-latency-ms", default=50, show_default=True, help="Simulator answer delay.")
+@click.option("--flower", is_flag=True, help="Also start Flower (Celery's monitor) behind basic auth.")
+@click.option("--flower-port", default=5555, show_default=True, help="Where Flower listens (127.0.0.1).")
 def up(
     port: int | None,
     data_dir: str | None,
@@ -130,11 +132,13 @@ def up(
     api_workers: int,
     worker_concurrency: int | None,
     simulator_latency_ms: int,
+    flower: bool,
+    flower_port: int,
 ) -> None:
     """Run the whole stack in the foreground until Ctrl-C.
 
     PostgreSQL and Redis are embedded unless DATABASE_URL / REDIS_URL are set; without TWILIO_* credentials
-    the workers send to a local Twilio simulator.
+    the workers send to a local Twilio simulator. With --flower, Flower watches the workers and queues.
     """
     settings = load_command_settings(port, data_dir)
     options = StackOptions(
@@ -142,6 +146,8 @@ def up(
         api_workers=api_workers,
         worker_concurrency=worker_concurrency,
         simulator_latency_ms=simulator_latency_ms,
+        flower=flower,
+        flower_port=flower_port,
     )
     stack = LocalStack(settings, options, say=say)
     _stop_on_signals()

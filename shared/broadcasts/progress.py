@@ -1,9 +1,9 @@
 """A broadcast's progress: counts per message state, what share is submitted and final, the delivery rate and the
 error codes seen. Shown by `GET /v1/broadcasts/{id}` and sent in the completion callback.
 
-Everything comes from the (broadcast_id, state, chunk_number, id) index: the counts are one index-only scan of the
-broadcast's range, and error codes are read only from `failed` / `undelivered` rows, so a 1,000,000-recipient
-broadcast answers in a fraction of a second (docs/api.md has the figure).
+Everything comes from the maintained counts (shared.messages.counts: per state, and per error code for `failed` /
+`undelivered`), a few dozen rows whatever the broadcast's size, so a 1,000,000-recipient broadcast answers in a
+few milliseconds (docs/benchmarks.md has the figure).
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.broadcasts.intake import message_state_counts
+from shared.messages import counts as message_counts
 from shared.platform.models import MessageState
 
 # Twilio has not answered the current attempt yet (or we do not know its answer).
@@ -78,15 +78,7 @@ class BroadcastProgress:
 
 def error_code_counts(session: Session, broadcast_id: uuid.UUID) -> list[tuple[int | None, int]]:
     """(error code, messages) over the broadcast's failed and undelivered messages, most frequent first."""
-    rows = session.execute(
-        text(
-            "SELECT error_code, count(*) AS messages FROM messages "
-            "WHERE broadcast_id = :id AND state = ANY(CAST(:states AS text[])) "
-            "GROUP BY error_code ORDER BY messages DESC, error_code NULLS LAST"
-        ),
-        {"id": broadcast_id, "states": [state.value for state in ERROR_STATES]},
-    )
-    return [(row.error_code, row.messages) for row in rows]
+    return message_counts.error_code_counts(session, broadcast_id, [state.value for state in ERROR_STATES])
 
 
 def broadcast_progress(session: Session, broadcast_id: uuid.UUID) -> BroadcastProgress:

@@ -308,3 +308,30 @@ def record_callback_attempt(session: Session, broadcast_id: uuid.UUID, attempt: 
 
 def mark_callback_sent(session: Session, broadcast_id: uuid.UUID) -> None:
     session.execute(text("UPDATE broadcasts SET callback_sent_at = now() WHERE id = :id"), {"id": broadcast_id})
+
+
+# ------------------------------------------------------------------------------------------- data protection
+
+
+def completed_before(session: Session, cutoff: datetime, limit: int) -> list[uuid.UUID]:
+    """Completed broadcasts not yet redacted whose completion is older than `cutoff` (oldest first)."""
+    rows = session.execute(
+        text(
+            "SELECT id FROM broadcasts WHERE completed_at < :cutoff AND redacted_at IS NULL "
+            "ORDER BY completed_at LIMIT :limit"
+        ),
+        {"cutoff": cutoff, "limit": limit},
+    ).scalars()
+    return list(rows)
+
+
+def mark_redacted(session: Session, broadcast_id: uuid.UUID) -> None:
+    """Retention finished the broadcast's messages: remove its body and the invalid input it sampled (which
+    may hold numbers), and stamp `redacted_at`. Counts, options and times stay."""
+    session.execute(
+        text(
+            "UPDATE broadcasts SET body = '', invalid_sample = '[]'::jsonb, redacted_at = now() "
+            "WHERE id = :id AND redacted_at IS NULL"
+        ),
+        {"id": broadcast_id},
+    )

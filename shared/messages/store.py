@@ -547,3 +547,95 @@ def cancel_if_broadcast_canceled(session: Session, broadcast_id: uuid.UUID, mess
         },
     )
     return _rowcount(result)
+
+
+# ------------------------------------------------------------------------------------------- data protection
+# Neither operation changes a message's state except `erase_number`'s cancel of unsent rows (the `cancel` move):
+# counts, outcomes and SIDs stay, only the person's number and template values go.
+
+
+@dataclass(frozen=True, slots=True)
+class RedactedBatch:
+    last_id: int  # the next batch starts after it
+    redacted: int  # rows that still had a number or template values
+
+
+def redact_broadcast_batch(
+    session: Session, broadcast_id: uuid.UUID, after_id: int, limit: int
+) -> RedactedBatch | None:
+    """Retention: NULL the number and template values of up to `limit` messages of the broadcast with ids above
+    `after_id` (in id order); None when no message is left after `after_id`."""
+    row = session.execute(
+        text(
+            "WITH batch AS (SELECT id FROM messages WHERE broadcast_id = :broadcast_id AND id > :after "
+            "               ORDER BY id LIMIT :limit), "
+            "redacted AS (UPDATE messages SET to_number = NULL, variables = NULL "
+            "             WHERE id IN (SELECT id FROM batch) "
+            "             AND (to_number IS NOT NULL OR variables IS NOT NULL) RETURNING 1) "
+            "SELECT (SELECT max(id) FROM batch) AS last_id, (SELECT count(*) FROM redacted) AS redacted"
+        ),
+        {"broadcast_id": broadcast_id, "after": after_id, "limit": limit},
+    ).one()
+    return None if row.last_id is None else RedactedBatch(int(row.last_id), int(row.redacted))
+
+
+@dataclass(frozen=True, slots=True)
+class NumberMessage:
+    id: int
+    broadcast_id: uuid.UUID
+    state: str
+
+
+def messages_to(session: Session, number: str) -> list[NumberMessage]:
+    """Every message to `number`, in any broadcast (read only; erasure locks their broadcasts next)."""
+    rows = session.execute(
+        text("SELECT id, broadcast_id, state FROM messages WHERE to_number = :number ORDER BY id"),
+        {"number": number},
+    )
+    return [NumberMessage(row.id, row.broadcast_id, row.state) for row in rows]
+
+
+# The request may be at Twilio right now: the sweeper needs the number to reconcile it, so erasure waits.
+IN_FLIGHT_STATES = (S.SENDING, S.UNKNOWN)
+
+
+@dataclass(frozen=True, slots=True)
+class ErasedMessages:
+    message_ids: list[int]
+    twilio_sids: list[str]  # current and archived attempts: what Twilio may still hold
+    canceled: int  # unsent messages to the number, canceled so it is never sent
+    in_flight: int  # > 0: nothing was written (the caller rolls back and asks to try again)
+
+
+def erase_number(session: Session, number: str) -> ErasedMessages:
+    """Erasure on request: cancel the unsent messages to `number` (pending, retry_scheduled -> canceled) and NULL
+    the number and template values of every message to it. Call with their broadcast rows locked. Nothing is
+    written while one of them is in flight (`in_flight` > 0)."""
+    rows = session.execute(
+        text("SELECT id, state, twilio_sid FROM messages WHERE to_number = :number ORDER BY id FOR UPDATE"),
+        {"number": number},
+    ).all()
+    in_flight = sum(1 for row in rows if row.state in IN_FLIGHT_STATES)
+    if not rows or in_flight:
+        return ErasedMessages([], [], 0, in_flight)
+    ids = [row.id for row in rows]
+    canceled = session.execute(
+        text(
+            "UPDATE messages SET state = :canceled, claimed_until = NULL, retry_due_at = NULL, updated_at = now() "
+            "WHERE id = ANY(CAST(:ids AS bigint[])) AND state = ANY(CAST(:sources AS text[]))"
+        ),
+        {"ids": ids, "canceled": S.CANCELED, "sources": sources_of(MessageEvent.CANCEL)},
+    )
+    archived = session.execute(
+        text(
+            "SELECT twilio_sid FROM message_attempts "
+            "WHERE message_id = ANY(CAST(:ids AS bigint[])) AND twilio_sid IS NOT NULL"
+        ),
+        {"ids": ids},
+    ).scalars()
+    session.execute(
+        text("UPDATE messages SET to_number = NULL, variables = NULL WHERE id = ANY(CAST(:ids AS bigint[]))"),
+        {"ids": ids},
+    )
+    sids = sorted({row.twilio_sid for row in rows if row.twilio_sid} | set(archived))
+    return ErasedMessages(ids, sids, _rowcount(canceled), 0)

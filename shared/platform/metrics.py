@@ -26,6 +26,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.messages.counts import unfinished_broadcast_state_counts
 from shared.platform.settings import Settings
 from shared.platform.task_queue import ALL_QUEUES
 from shared.receipts.delivery_status import IGNORED_STATUSES, STATUS_RANK
@@ -434,8 +435,8 @@ def render_metrics(client: redis.Redis, session_factory: sessionmaker[Session] |
 
 
 def _render_database_gauges(out: _Exposition, session_factory: sessionmaker[Session]) -> float:
-    """Broadcasts by status, and messages by state for unfinished broadcasts only (the partial index on
-    completed_at keeps that set small); each query bounded by a statement timeout."""
+    """Broadcasts by status, and messages by state for unfinished broadcasts only, from the maintained counts
+    (no scan of their messages); each query bounded by a statement timeout."""
     broadcasts: list[tuple[Mapping[str, str], float]] = []
     messages: list[tuple[Mapping[str, str], float]] = []
     up = 1.0
@@ -446,14 +447,8 @@ def _render_database_gauges(out: _Exposition, session_factory: sessionmaker[Sess
                 text("SELECT status, count(*) FROM broadcasts GROUP BY status ORDER BY status")
             ):
                 broadcasts.append(({"status": str(status)}, float(count)))
-            for state, count in session.execute(
-                text(
-                    "SELECT m.state, count(*) FROM messages AS m "
-                    "WHERE m.broadcast_id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL) "
-                    "GROUP BY m.state ORDER BY m.state"
-                )
-            ):
-                messages.append(({"state": str(state)}, float(count)))
+            for state, count in unfinished_broadcast_state_counts(session).items():
+                messages.append(({"state": state}, float(count)))
             session.rollback()
     except SQLAlchemyError as error:  # a scrape must still answer with what it has
         logger.warning("metrics: database gauges unavailable: %s", type(error).__name__)

@@ -127,6 +127,8 @@ class Broadcast(Base):
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     client_reference: Mapped[str | None] = mapped_column(String(256))  # the caller's own id for the broadcast
+    # Retention removed its body, its recipients' numbers and template values (RETENTION_DAYS after completion).
+    redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),
@@ -162,7 +164,7 @@ class Message(Base):
     # deletes broadcasts, while a per-row key check costs a quarter of the COPY of a 1,000,000-recipient list.
     broadcast_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True))
     chunk_number: Mapped[int] = mapped_column(Integer)
-    to_number: Mapped[str] = mapped_column(String(16))
+    to_number: Mapped[str | None] = mapped_column(String(16))  # NULL: erased on request or by retention
     state: Mapped[str] = mapped_column(String(20), default=MessageState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     twilio_sid: Mapped[str | None] = mapped_column(String(34))
@@ -200,6 +202,28 @@ class Message(Base):
             postgresql_where=text("state IN ('sending', 'unknown')"),
         ),
         Index("uq_messages_twilio_sid", "twilio_sid", unique=True, postgresql_where=text("twilio_sid IS NOT NULL")),
+        # Erasure on request finds a person's messages in every broadcast.
+        Index("ix_messages_to_number", "to_number", postgresql_where=text("to_number IS NOT NULL")),
+    )
+
+
+class MessageCount(Base):
+    """Net changes to how many of a broadcast's messages are in each state (and error code, for failed and
+    undelivered ones): appended by triggers on `messages` in the writer's own transaction, summed by readers,
+    folded together by `shared.messages.counts.compact`. Never written by application code otherwise."""
+
+    __tablename__ = "message_counts"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    broadcast_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), nullable=False)
+    state: Mapped[str] = mapped_column(String(20), nullable=False)
+    error_code: Mapped[int | None] = mapped_column(Integer)
+    messages: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    compacted: Mapped[bool] = mapped_column(Boolean, nullable=False, server_default="false")
+
+    __table_args__ = (
+        Index("ix_message_counts_broadcast_id", "broadcast_id"),
+        Index("ix_message_counts_to_compact", "broadcast_id", postgresql_where=text("NOT compacted")),
     )
 
 
@@ -242,10 +266,16 @@ class StatusEvent(Base):
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
     stored_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     applied_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Matched nothing for UNAPPLIED_RETRY_WINDOW: no longer retried (kept for a human until retention).
+    abandoned_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     __table_args__ = (
         Index("ix_status_events_message_sid", "message_sid"),
-        Index("ix_status_events_unapplied", "id", postgresql_where=text("applied_at IS NULL")),
+        Index("ix_status_events_unapplied", "id", postgresql_where=text("applied_at IS NULL AND abandoned_at IS NULL")),
+        # Append-only in time order: a block-range index finds raw events past retention at almost no cost.
+        Index("ix_status_events_received_at", "received_at", postgresql_using="brin"),
+        # Erasure: the events of a person's messages, SID or not.
+        Index("ix_status_events_message_id", "message_id", postgresql_where=text("message_id IS NOT NULL")),
     )
 
 

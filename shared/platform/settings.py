@@ -107,6 +107,11 @@ class Settings:
     completion_idle_seconds: int = _env(
         "COMPLETION_IDLE_SECONDS", "A submitted broadcast with no receipt for this long is completed", default=6 * 3600
     )
+    retention_days: int = _env(
+        "RETENTION_DAYS",
+        "Days after completion before numbers, bodies and raw callbacks are removed (0: keep)",
+        default=30,
+    )
     schedule_min_lead_seconds: float = _env(
         "SCHEDULE_MIN_LEAD_SECONDS", "A broadcast's send_at must be at least this far ahead", default=60.0
     )
@@ -255,6 +260,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
     if bool(settings.twilio_api_key_sid) != bool(settings.twilio_api_key_secret):
         raise SettingsError("settings TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET must be set together")
+    if settings.retention_days < 0:
+        raise SettingsError("setting RETENTION_DAYS must be 0 (keep everything) or a number of days")
     try:
         settings.delivery_retry_codes  # noqa: B018 - parsed here so a typo fails at start-up
     except ValueError:

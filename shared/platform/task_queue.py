@@ -31,6 +31,11 @@ COMPLETE_BROADCASTS_TASK = "sms.complete_broadcasts"  # shared.receipts.completi
 NOTIFY_COMPLETION_TASK = "sms.notify_completion"  # the signed POST to a broadcast's callback_url
 RELEASE_SCHEDULED_TASK = "sms.release_scheduled"  # shared.broadcasts.control: scheduled broadcasts at send_at
 RELEASE_DEFERRED_TASK = "sms.release_deferred"  # shared.broadcasts.control: quiet-hours deferrals that ended
+COMPACT_MESSAGE_COUNTS_TASK = "sms.compact_message_counts"  # shared.messages.counts: fold the appended counts
+APPLY_RETENTION_TASK = "sms.apply_retention"  # shared.messages.retention: RETENTION_DAYS after completion
+TRIM_STATUS_STREAM_TASK = "sms.trim_status_stream"  # shared.receipts.status_queue: drop what every group acked
+# How often beat runs retention: each run does a bounded amount of work in short transactions.
+RETENTION_INTERVAL_SECONDS = 600.0
 
 # Longer than the longest retry backoff and than any chunk can take, so Redis never hands a task that is
 # still running to a second worker; a worker that died is covered sooner by the sweeper (see shared.sending.sweeper).
@@ -52,6 +57,9 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             NOTIFY_COMPLETION_TASK: {"queue": MAINTENANCE_QUEUE},
             RELEASE_SCHEDULED_TASK: {"queue": MAINTENANCE_QUEUE},
             RELEASE_DEFERRED_TASK: {"queue": MAINTENANCE_QUEUE},
+            COMPACT_MESSAGE_COUNTS_TASK: {"queue": MAINTENANCE_QUEUE},
+            APPLY_RETENTION_TASK: {"queue": MAINTENANCE_QUEUE},
+            TRIM_STATUS_STREAM_TASK: {"queue": MAINTENANCE_QUEUE},
         },
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -111,6 +119,22 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             "complete-broadcasts": {
                 "task": COMPLETE_BROADCASTS_TASK,
                 "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            # Keeps each broadcast's maintained counts at a few rows, so reading them stays cheap.
+            "compact-message-counts": {
+                "task": COMPACT_MESSAGE_COUNTS_TASK,
+                "schedule": settings.sweeper_interval_seconds,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
+            },
+            "apply-retention": {
+                "task": APPLY_RETENTION_TASK,
+                "schedule": RETENTION_INTERVAL_SECONDS,
+                "options": {"queue": MAINTENANCE_QUEUE, "expires": RETENTION_INTERVAL_SECONDS},
+            },
+            "trim-status-stream": {
+                "task": TRIM_STATUS_STREAM_TASK,
+                "schedule": 60.0,
                 "options": {"queue": MAINTENANCE_QUEUE, "expires": 60},
             },
         },
@@ -175,6 +199,64 @@ def _chunk_message_template(app: Celery, broadcast_id: str) -> dict[str, Any]:
             "body_encoding": "base64",
         },
     }
+
+
+class TaskMessageFormatError(RuntimeError):
+    """The hand-built chunk message no longer matches what Celery's `send_task` publishes (Celery or kombu
+    changed their message format): workers could not read the intake's tasks, so the process refuses to start."""
+
+
+# Fields that differ between any two messages by design: fresh ids per task.
+_PER_MESSAGE_FIELDS = (("headers", "id"), ("headers", "root_id"), ("properties", "correlation_id"))
+
+
+def check_chunk_message_format(app: Celery) -> None:
+    """Compare the hand-built message for one chunk with the one `send_task` publishes, through kombu's in-memory
+    transport (the same virtual-transport code that writes Redis' lists); raise TaskMessageFormatError on any
+    difference beyond the per-message ids. The API and the worker run this at start-up."""
+    broadcast_id = "00000000-0000-0000-0000-000000000000"
+    with app.connection_for_write("memory://") as connection:
+        channel = connection.default_channel
+        app.send_task(SEND_CHUNK_TASK, args=[broadcast_id, 0], queue=SEND_QUEUE, connection=connection)
+        published: dict[str, Any] = channel._get(SEND_QUEUE)
+    hand_built: dict[str, Any] = json.loads(_chunk_message(_chunk_message_template(app, broadcast_id), broadcast_id, 0))
+    expected, actual = _normalised(published), _normalised(hand_built)
+    if expected != actual:
+        differences = sorted(_differences(expected, actual))
+        raise TaskMessageFormatError(
+            "the intake's hand-built sms.send_chunk message no longer matches Celery's send_task "
+            f"(celery/kombu upgraded?): {'; '.join(differences[:10])}. "
+            "Fix shared/platform/task_queue.py::_chunk_message_template or pin the previous versions."
+        )
+
+
+def _normalised(message: dict[str, Any]) -> dict[str, Any]:
+    """The message with its per-message ids replaced by markers (after checking that they agree with each other)
+    and its delivery tag dropped (the transport's own bookkeeping), the body decoded."""
+    copy = json.loads(json.dumps(message))
+    task_id = copy.get("headers", {}).get("id")
+    for section, name in _PER_MESSAGE_FIELDS:
+        if copy.get(section, {}).get(name) == task_id:
+            copy[section][name] = "<task id>"
+    copy.get("properties", {}).pop("delivery_tag", None)
+    if copy.get("properties", {}).get("body_encoding") == "base64":
+        copy["body"] = json.loads(base64.b64decode(copy["body"]))
+    return dict(copy)
+
+
+def _differences(expected: Any, actual: Any, path: str = "") -> list[str]:
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        found = []
+        for key in sorted(set(expected) | set(actual)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in actual:
+                found.append(f"{where} missing")
+            elif key not in expected:
+                found.append(f"{where} not in send_task's message")
+            else:
+                found.extend(_differences(expected[key], actual[key], where))
+        return found
+    return [] if expected == actual else [f"{path}: send_task has {expected!r}, hand-built {actual!r}"]
 
 
 def _chunk_message(template: dict[str, Any], broadcast_id: str, chunk_number: int) -> str:

@@ -4,10 +4,13 @@ The webhook queues raw callbacks in a Redis Stream (shared.receipts.status_queue
 batches, `apply_status_events` stores each batch in `status_events` and applies it in one transaction, and only
 then are the stream entries acknowledged. Matching: the SID first (current attempt in `messages`, older ones in
 `message_attempts`), then the message id + attempt from our callback URL (a SID the worker never recorded);
-an event that matches nothing stays with `applied_at` NULL and is retried by `apply_unapplied_events`.
+an event that matches nothing stays with `applied_at` NULL and is retried by `apply_unapplied_events` for a day,
+then marked abandoned.
 A callback is the same callback when it names the same (MessageSid, MessageStatus, ErrorCode): a repeat (Twilio's
 retry, an attacker's replay, a batch read again) is neither stored nor applied again. STOP/START replies travel
 in the same stream and are stored the same way (status `received`) before they change the opt-out list.
+Retention and erasure remove raw events here too (`delete_events_received_before`, `redact_events`): this module is
+the only writer of `status_events`.
 docs/receipts.md: the ordering rules, delivery retries and the exactly-once argument.
 """
 
@@ -240,6 +243,7 @@ class ApplyReport:
     inbound_replies: int = 0  # STOP/START replies stored and applied (repeats excluded)
     opted_in: int = 0  # numbers a START reply took off the list
     stored_by_status: Counter[str] = field(default_factory=Counter)  # the stored status callbacks, by status
+    abandoned: int = 0  # unmatched for UNAPPLIED_RETRY_WINDOW: no longer retried
 
     def add(self, other: ApplyReport) -> None:
         for name in self.__dataclass_fields__:
@@ -358,15 +362,19 @@ def apply_inbound_replies(session: Session, replies: Sequence[tuple[ReceivedEven
 def apply_unapplied_events(
     session: Session, settings: Settings, page_size: int = 1000, max_pages: int = 20
 ) -> ApplyReport:
-    """Retry events that matched nothing when they arrived (their message may exist now), oldest first."""
+    """Retry events that matched nothing when they arrived (their message may exist now), oldest first.
+
+    Events older than UNAPPLIED_RETRY_WINDOW are marked abandoned first: they leave the index this pass walks,
+    so a pile of them is never read again (they stay, for a human, until retention deletes them)."""
     report = ApplyReport()
     policy = DeliveryRetryPolicy.from_settings(settings)
+    report.abandoned = abandon_stale_unapplied(session)
     after_id = 0
     for _ in range(max_pages):
         ids = list(
             session.execute(
                 text(
-                    "SELECT id FROM status_events WHERE applied_at IS NULL AND id > :after "
+                    "SELECT id FROM status_events WHERE applied_at IS NULL AND abandoned_at IS NULL AND id > :after "
                     "AND received_at > now() - make_interval(secs => :window) ORDER BY id LIMIT :limit"
                 ),
                 {"after": after_id, "window": UNAPPLIED_RETRY_WINDOW.total_seconds(), "limit": page_size},
@@ -379,6 +387,62 @@ def apply_unapplied_events(
         if len(ids) < page_size:
             break
     return report
+
+
+def abandon_stale_unapplied(session: Session, limit: int = 10_000) -> int:
+    """Mark up to `limit` unmatched events older than UNAPPLIED_RETRY_WINDOW abandoned (oldest first)."""
+    result = session.execute(
+        text(
+            "UPDATE status_events SET abandoned_at = now() WHERE id IN ("
+            "    SELECT id FROM status_events WHERE applied_at IS NULL AND abandoned_at IS NULL "
+            "    AND received_at <= now() - make_interval(secs => :window) ORDER BY id LIMIT :limit)"
+        ),
+        {"window": UNAPPLIED_RETRY_WINDOW.total_seconds(), "limit": limit},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+# What a redacted event keeps: enough to know what Twilio reported, nothing about the person (To, Body, ...).
+REDACTED_EVENT_KEEPS = (
+    "AccountSid",
+    "ApiVersion",
+    "ErrorCode",
+    "MessageSid",
+    "MessageStatus",
+    "MessagingServiceSid",
+    "SmsSid",
+    "SmsStatus",
+)
+
+
+def redact_events(session: Session, message_sids: Sequence[str], message_ids: Sequence[int]) -> int:
+    """Erasure: strip the raw parameters of the events of these messages (by SID, or by our message id for a
+    SID never recorded) down to REDACTED_EVENT_KEEPS; returns how many events were redacted."""
+    if not message_sids and not message_ids:
+        return 0
+    result = session.execute(
+        text(
+            "UPDATE status_events SET parameters = ("
+            "    SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb) FROM jsonb_each(parameters) "
+            "    WHERE key = ANY(CAST(:kept AS text[]))) "
+            "WHERE message_sid = ANY(CAST(:sids AS text[])) OR message_id = ANY(CAST(:ids AS bigint[]))"
+        ),
+        {"kept": list(REDACTED_EVENT_KEEPS), "sids": list(message_sids), "ids": list(message_ids)},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
+
+
+def delete_events_received_before(session: Session, cutoff: datetime, limit: int) -> int:
+    """Retention: delete up to `limit` raw events received before `cutoff`, whatever their message (oldest
+    first; the BRIN index on received_at finds them). Returns how many were deleted."""
+    result = session.execute(
+        text(
+            "DELETE FROM status_events WHERE id IN ("
+            "    SELECT id FROM status_events WHERE received_at < :cutoff ORDER BY received_at LIMIT :limit)"
+        ),
+        {"cutoff": cutoff, "limit": limit},
+    )
+    return int(result.rowcount)  # type: ignore[attr-defined]
 
 
 def apply_stored_events(

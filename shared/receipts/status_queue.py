@@ -1,11 +1,12 @@
 """The Redis Stream between the Twilio webhooks and the consumers that apply callbacks to PostgreSQL.
 
-The webhooks append one entry per accepted status callback or STOP/START reply (`XADD`, never trimmed: an entry
-leaves the stream only after its consumer committed it to PostgreSQL, `XACK` + `XDEL` together). Consumers read
-through one consumer group; an entry read but not acknowledged stays pending under its consumer's name, so a
-consumer that died mid-batch loses nothing: the next holder of its slot re-reads its pending entries first, and
-`XAUTOCLAIM` hands entries idle for longer than `RECLAIM_IDLE_SECONDS` to whoever reads next. Delivery is
-therefore at least once; `shared.receipts.events` makes a replayed entry a no-op.
+The webhooks append one entry per accepted status callback or STOP/START reply (`XADD`); an entry leaves the stream
+only after its consumer committed it to PostgreSQL (`XACK` + `XDEL` together), and beat's `trim_acknowledged`
+(`XTRIM MINID`) drops whatever every consumer group has acknowledged, so the stream holds only work not yet done.
+Consumers read through one consumer group; an entry read but not acknowledged stays pending under its consumer's
+name, so a consumer that died mid-batch loses nothing: the next holder of its slot re-reads its pending entries
+first, and `XAUTOCLAIM` hands entries idle for longer than `RECLAIM_IDLE_SECONDS` to whoever reads next. Delivery
+is therefore at least once; `shared.receipts.events` makes a replayed entry a no-op.
 """
 
 from __future__ import annotations
@@ -155,6 +156,44 @@ def ensure_consumer_group(client: redis.Redis) -> None:
     except redis.exceptions.ResponseError as error:
         if "BUSYGROUP" not in str(error):
             raise
+
+
+def trim_acknowledged(client: redis.Redis) -> int:
+    """Drop every entry that each consumer group has both delivered and acknowledged (`XTRIM MINID`); returns
+    how many were dropped.
+
+    Consumers already delete what they acknowledge (`XACK` + `XDEL`); this is the backstop for what that leaves:
+    entries acknowledged by a consumer that died before its `XDEL`, and any consumer group added later (each
+    group keeps what it has not read or not acknowledged). Nothing unread or pending in any group is dropped."""
+    try:
+        groups: Any = client.xinfo_groups(STREAM_KEY)
+    except redis.exceptions.ResponseError:  # no stream yet
+        return 0
+    if not groups:
+        return 0
+    oldest_needed: tuple[int, int] | None = None
+    for group in groups:
+        needed = _first_needed_entry(client, group)
+        if oldest_needed is None or needed < oldest_needed:
+            oldest_needed = needed
+    assert oldest_needed is not None
+    return int(client.execute_command("XTRIM", STREAM_KEY, "MINID", f"{oldest_needed[0]}-{oldest_needed[1]}"))
+
+
+def _entry_id(value: bytes | str) -> tuple[int, int]:
+    text = value.decode() if isinstance(value, bytes) else value
+    milliseconds, _, sequence = text.partition("-")
+    return int(milliseconds), int(sequence or 0)
+
+
+def _first_needed_entry(client: redis.Redis, group: dict[Any, Any]) -> tuple[int, int]:
+    """The oldest entry `group` may still need: its oldest pending one, else the one after its last delivered."""
+    name: Any = group.get("name", group.get(b"name"))
+    pending: Any = client.xpending(STREAM_KEY, name)
+    if pending and pending.get("pending"):
+        return _entry_id(pending["min"])
+    milliseconds, sequence = _entry_id(group.get("last-delivered-id", group.get(b"last-delivered-id", "0-0")))
+    return milliseconds, sequence + 1
 
 
 def queue_length(client: redis.Redis) -> int:

@@ -14,7 +14,9 @@ simulator, a proxy) and enforces the timeout (the library hands aiohttp `timeout
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import enum
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -71,6 +73,19 @@ class TwilioMessage:
     body: str | None
     status: str | None
     date_created: datetime | None
+
+
+class Deletion(enum.StrEnum):
+    DELETED = "deleted"  # Twilio no longer holds the message's body and number
+    NOT_FOUND = "not_found"  # Twilio has no such message (deleted before, or never there): nothing left to delete
+    FAILED = "failed"  # still there (Twilio refused, for a message still being delivered, or did not answer)
+
+
+@dataclass(frozen=True, slots=True)
+class DeletionOutcome:
+    sid: str
+    result: Deletion
+    reason: str | None = None
 
 
 class TwilioLookupError(RuntimeError):
@@ -243,6 +258,42 @@ class TwilioGateway:
                     )
                 )
         return found
+
+    async def delete_message(self, sid: str) -> DeletionOutcome:
+        """`DELETE Messages/{sid}.json`: Twilio erases the message's body and number; never raises."""
+        try:
+            deleted = await self.client.messages(sid).delete_async()
+        except TwilioRestException as error:
+            if int(error.status) == 404:
+                return DeletionOutcome(sid, Deletion.NOT_FOUND)
+            return DeletionOutcome(sid, Deletion.FAILED, f"Twilio answered {error.status} (code {error.code})")
+        except (aiohttp.ClientError, OSError, TimeoutError, TwilioException) as error:
+            return DeletionOutcome(sid, Deletion.FAILED, f"no answer from Twilio: {type(error).__name__}")
+        return DeletionOutcome(sid, Deletion.DELETED if deleted else Deletion.FAILED)
+
+
+# Deletions of one erasure request in flight at once: a person has a handful of messages, and these requests share
+# the account's concurrency with sending.
+DELETION_CONCURRENCY = 4
+
+
+def delete_messages(settings: Settings, sids: Sequence[str]) -> list[DeletionOutcome]:
+    """Delete these messages at Twilio (from synchronous code: the API's erasure request), in `sids` order."""
+
+    async def delete_all() -> list[DeletionOutcome]:
+        gateway = await TwilioGateway.open(settings)
+        limit = asyncio.Semaphore(DELETION_CONCURRENCY)
+
+        async def delete_one(sid: str) -> DeletionOutcome:
+            async with limit:
+                return await gateway.delete_message(sid)
+
+        try:
+            return list(await asyncio.gather(*(delete_one(sid) for sid in sids)))
+        finally:
+            await gateway.close()
+
+    return asyncio.run(delete_all()) if sids else []
 
 
 def outcome_of_error_response(error: TwilioRestException) -> SendOutcome:

@@ -653,6 +653,7 @@ def test_command_line_flags_configure_the_simulator(tmp_path: Path) -> None:
             "max_concurrency": 7,
             "error_rate_429": 0,
             "error_rate_500": 1,
+            "timeout_rate": 0,
             "callbacks_enabled": False,
             "callback_delay_ms": 15,
             "slow_ms": 250,

@@ -175,6 +175,8 @@ def test_a_released_retry_of_a_canceled_broadcast_is_canceled_not_sent_again(db_
 
 # Every write to these tables lives in one module; a second writer would bypass the table above.
 OWNERS = {
+    r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+message_counts\b": "shared/messages/counts.py",
+    r"(UPDATE|DELETE\s+FROM)\s+status_events\b": "shared/receipts/events.py",
     r"UPDATE\s+messages\b": "shared/messages/store.py",
     r"(INSERT\s+INTO|UPDATE)\s+message_attempts\b": "shared/messages/store.py",
     r"UPDATE\s+broadcasts\b": "shared/broadcasts/store.py",

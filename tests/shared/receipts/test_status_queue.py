@@ -13,6 +13,7 @@ from shared.receipts.status_queue import (
     ensure_consumer_group,
     push_callback,
     queue_length,
+    trim_acknowledged,
 )
 
 
@@ -56,3 +57,30 @@ def test_consumer_slots_are_exclusive_until_released(redis_client: redis.Redis) 
     third = ConsumerSlot.acquire(redis_client, 2, 10)
     assert third is not None and third.slot == first.slot
     assert not first.refresh()  # the old holder lost it and must stop
+
+
+def test_trim_drops_only_what_every_group_has_acknowledged(redis_client: redis.Redis) -> None:
+    ensure_consumer_group(redis_client)
+    redis_client.xgroup_create(STREAM_KEY, "late-group", id="0")  # a second group that reads more slowly
+    for index in range(6):
+        push_callback(redis_client, {"MessageSid": f"SM{index}", "MessageStatus": "sent"}, str(index), "1")
+    appliers = StatusStreamConsumer(redis_client, "slot-0")
+    batch = appliers.read_batch(6, 0.1)
+    # Acknowledged but left in the stream, as by a consumer that died between XACK and XDEL.
+    redis_client.xack(STREAM_KEY, CONSUMER_GROUP, *[c.entry_id for c in batch])
+    late = redis_client.xreadgroup("late-group", "reader", {STREAM_KEY: ">"}, count=4)
+    late_ids = [entry_id for _, entries in late for entry_id, _ in entries]
+    redis_client.xack(STREAM_KEY, "late-group", *late_ids[:2])  # two acknowledged, two still pending
+
+    assert trim_acknowledged(redis_client) == 2
+    remaining = [entry_id.decode() for entry_id, _ in redis_client.xrange(STREAM_KEY)]
+    assert remaining == [c.entry_id for c in batch][2:]
+
+    redis_client.xgroup_destroy(STREAM_KEY, "late-group")
+    assert trim_acknowledged(redis_client) == 4
+    assert queue_length(redis_client) == 0
+    assert trim_acknowledged(redis_client) == 0
+
+
+def test_trim_without_a_stream_does_nothing(redis_client: redis.Redis) -> None:
+    assert trim_acknowledged(redis_client) == 0
