@@ -11,8 +11,10 @@ import csv
 import io
 import os
 import re
+import shutil
 import signal
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -65,10 +67,13 @@ class Stack:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("cli-operator")
+    # The data folder lives outside pytest's temp folders, whose permissions another pytest session resets while
+    # the embedded PostgreSQL (running as its own user) still needs them.
+    data_parent = Path(tempfile.mkdtemp(prefix="bulksms-test-operator-"))
     environment = {name: value for name, value in os.environ.items() if name not in SETTING_VARIABLES}
     environment.update(
         {
-            "BULKSMS_DATA_DIR": str(folder / "data"),
+            "BULKSMS_DATA_DIR": str(data_parent / "data"),
             "PORT": str(find_free_port()),
             "SWEEPER_INTERVAL_SECONDS": "1",  # completion and the beat heartbeat within a second or two
         }
@@ -101,6 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 process.kill()
         for leftover in processes_of(running.data_dir):
             leftover.kill()
+        shutil.rmtree(data_parent, ignore_errors=True)
 
 
 def contacts_csv(path: Path, count: int, start: int = 0) -> Path:

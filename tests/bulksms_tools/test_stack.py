@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,11 +43,20 @@ def bulksms(*arguments: str) -> list[str]:
 
 
 @pytest.fixture
-def stack_environment(tmp_path: Path) -> Iterator[dict[str, str]]:
+def data_dir() -> Iterator[Path]:
+    """The stack's data folder, outside pytest's temp folders: another pytest session starting meanwhile resets
+    their permissions to the owner's only, and the embedded PostgreSQL runs as its own user."""
+    parent = Path(tempfile.mkdtemp(prefix="bulksms-test-stack-"))
+    yield parent / "data"
+    shutil.rmtree(parent, ignore_errors=True)
+
+
+@pytest.fixture
+def stack_environment(data_dir: Path) -> Iterator[dict[str, str]]:
     """The environment of a user with no settings but a data folder and a port; external servers if the suite
     was given some, with a database and a Redis database the stack can have to itself."""
     environment = {name: value for name, value in os.environ.items() if name not in SETTING_VARIABLES}
-    environment.update({"BULKSMS_DATA_DIR": str(tmp_path / "data"), "PORT": str(find_free_port())})
+    environment.update({"BULKSMS_DATA_DIR": str(data_dir), "PORT": str(find_free_port())})
     configured = load_settings(dotenv_path=None)
     admin_engine = None
     database_name = f"bulksms_stack_{os.getpid()}"
@@ -203,9 +214,9 @@ def test_up_serves_a_broadcast_then_stops_everything_on_ctrl_c(running_stack: Ru
 
 
 @pytest.mark.e2e
-def test_demo_sends_to_every_recipient_and_prints_the_tally(tmp_path: Path) -> None:
+def test_demo_sends_to_every_recipient_and_prints_the_tally(tmp_path: Path, data_dir: Path) -> None:
     environment = {name: value for name, value in os.environ.items() if name not in SETTING_VARIABLES}
-    environment.update({"BULKSMS_DATA_DIR": str(tmp_path / "data"), "PORT": str(find_free_port())})
+    environment.update({"BULKSMS_DATA_DIR": str(data_dir), "PORT": str(find_free_port())})
     started = time.monotonic()
     result = subprocess.run(
         bulksms("demo", "--recipients", "200", "--latency-ms", "5"),
@@ -230,7 +241,7 @@ def test_demo_sends_to_every_recipient_and_prints_the_tally(tmp_path: Path) -> N
     assert tally["simulator: accepted"] == "200"
     assert tally["simulator: duplicates"] == "0"
     assert "messages per second" in tally
-    assert not processes_of(tmp_path / "data"), "the demo left processes running"
+    assert not processes_of(data_dir), "the demo left processes running"
     assert time.monotonic() - started < 400
 
 
@@ -246,9 +257,9 @@ def test_an_unreachable_database_is_named_and_exits_2(tmp_path: Path) -> None:
         assert "secret" not in result.stderr  # the password is masked
 
 
-def test_revoking_an_unknown_key_fails_clearly(tmp_path: Path) -> None:
+def test_revoking_an_unknown_key_fails_clearly(tmp_path: Path, data_dir: Path) -> None:
     environment = {name: value for name, value in os.environ.items() if name not in SETTING_VARIABLES}
-    environment["BULKSMS_DATA_DIR"] = str(tmp_path / "data")
+    environment["BULKSMS_DATA_DIR"] = str(data_dir)
     commands = [bulksms("migrate"), bulksms("keys", "revoke", "424242")]
     results = [
         subprocess.run(command, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
@@ -257,4 +268,4 @@ def test_revoking_an_unknown_key_fails_clearly(tmp_path: Path) -> None:
     assert results[0].returncode == 0, results[0].stderr
     assert results[1].returncode == 1
     assert "no API key with id 424242" in results[1].stderr
-    assert not processes_of(tmp_path / "data"), "the one-off command left its embedded PostgreSQL running"
+    assert not processes_of(data_dir), "the one-off command left its embedded PostgreSQL running"
