@@ -8,6 +8,13 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
+from bulksms_tools.simulator.pool import (
+    DEFAULT_QUEUE_LIMIT_SECONDS,
+    Assignment,
+    PoolConfig,
+    PoolConfigError,
+    parse_pool_spec,
+)
 from bulksms_tools.simulator.server import SimulatorConfig, create_app
 
 
@@ -48,12 +55,42 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         default=defaults.callback_backlog,
         help="messages with callbacks pending",
     )
+    parser.add_argument(
+        "--pool",
+        default="",
+        help="the Messaging Service's senders, COUNTxRATE[:TYPE] comma-separated, RATE in segments/s, TYPE "
+        "long_code (default), toll_free, short_code or alpha; e.g. 10x5 or 10x5,1x100:short_code "
+        "(default: none, one sender of unlimited rate)",
+    )
+    parser.add_argument(
+        "--queue-limit-seconds",
+        type=float,
+        default=DEFAULT_QUEUE_LIMIT_SECONDS,
+        help="seconds of a sender's throughput its queue holds before 30001 (Twilio: 36000)",
+    )
+    parser.add_argument(
+        "--sender-assignment",
+        choices=[assignment.value for assignment in Assignment],
+        default=Assignment.LEAST_LOADED.value,
+        help="how the Messaging Service picks a sender for a message",
+    )
     arguments = parser.parse_args(argv)
     if bool(arguments.api_key_sid) != bool(arguments.api_key_secret):
         parser.error("--api-key-sid and --api-key-secret go together")
     for name in ("error_rate_429", "error_rate_500"):
         if not 0 <= getattr(arguments, name) <= 1:
             parser.error(f"--{name.replace('_', '-')} must be between 0 and 1")
+    if arguments.queue_limit_seconds <= 0:
+        parser.error("--queue-limit-seconds must be above 0")
+    try:
+        senders = parse_pool_spec(arguments.pool)
+    except PoolConfigError as error:
+        parser.error(str(error))
+    pool = PoolConfig(
+        senders=senders,
+        assignment=Assignment(arguments.sender_assignment),
+        queue_limit_seconds=arguments.queue_limit_seconds,
+    )
     config = SimulatorConfig(
         account_sid=arguments.account_sid,
         auth_token=arguments.auth_token,
@@ -68,15 +105,22 @@ def parse_arguments(argv: Sequence[str] | None = None) -> tuple[argparse.Namespa
         slow_ms=arguments.slow_ms,
         callback_workers=arguments.callback_workers,
         callback_backlog=arguments.callback_backlog,
+        pool=pool,
     )
     return arguments, config
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     arguments, config = parse_arguments(argv)
+    pool = config.pool
+    pace = (
+        f"{len(pool.senders)} senders, {sum(s.segments_per_second for s in pool.senders):g} segments/s"
+        if pool.senders
+        else "no sender pool (unlimited)"
+    )
     print(
         f"Twilio simulator on http://{arguments.host}:{arguments.port} account {config.account_sid}, "
-        f"latency {config.latency_ms:g} ms, max concurrency {config.max_concurrency}",
+        f"latency {config.latency_ms:g} ms, max concurrency {config.max_concurrency}, {pace}",
         flush=True,
     )
     web.run_app(

@@ -1,10 +1,12 @@
 """Status callbacks, posted off the request path by a fixed pool of consumer tasks sharing one ClientSession.
 
 Each message with a StatusCallback becomes one job that walks its outcome's steps (queued → sent →
-delivered, or the magic failure) in order: a step is posted when it falls due (`base + step * step_seconds`),
-and the next step is scheduled only once the previous one was delivered or given up, so one message's
-callbacks never overtake each other. The URL fragment carries Twilio's connection overrides (`#rc=2&ct=1000`);
-it is stripped before posting and signing, as an HTTP client never sends it.
+delivered, or the magic failure) in order: a step is posted when it falls due (the record's `step_time`, on the
+simulator clock: "sent" waits until the message leaves its sender's queue), and the next step is scheduled only
+once the previous one was delivered or given up, so one message's callbacks never overtake each other. Waiting
+jobs sit in one heap by due time behind a single event-loop timer, re-armed when the simulator clock jumps. The
+URL fragment carries Twilio's connection overrides (`#rc=2&ct=1000`); it is stripped before posting and signing,
+as an HTTP client never sends it.
 """
 
 from __future__ import annotations
@@ -12,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import heapq
 import hmac
+import itertools
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -136,6 +141,12 @@ class CallbackDispatcher:
         self._queue: asyncio.Queue[CallbackJob] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._poster = HttpPoster()
+        # Jobs waiting for their step to fall due: (due on the simulator clock, tie-breaker, job).
+        self._waiting: list[tuple[float, int, CallbackJob]] = []
+        self._order = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_due = math.inf
+        store.clock.on_change(self._clock_changed)
 
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._consume()) for _ in range(self.workers)]
@@ -152,6 +163,8 @@ class CallbackDispatcher:
         self.generation += 1
         self.pending = 0
         self.counters = CallbackCounters()
+        self._waiting.clear()
+        self._disarm()
 
     def schedule(self, index: int, callback_url: str) -> None:
         if self.pending >= self.backlog_limit:
@@ -172,13 +185,46 @@ class CallbackDispatcher:
         if job.step > len(record.outcome.steps):
             self.pending -= 1
             return
-        due = record.base + job.step * record.step_seconds
-        delay = due - time.time()
-        loop = asyncio.get_running_loop()
-        if delay > 0:
-            loop.call_later(delay, self._queue.put_nowait, job)
-        else:
+        due = record.step_time(job.step)
+        if due <= self.store.now():
             self._queue.put_nowait(job)
+            return
+        heapq.heappush(self._waiting, (due, next(self._order), job))
+        if due < self._timer_due:
+            self._arm()
+
+    def _arm(self) -> None:
+        """One timer, for the earliest waiting job (on the simulator clock, converted to a delay)."""
+        self._disarm()
+        if not self._waiting:
+            return
+        due = self._waiting[0][0]
+        self._timer_due = due
+        delay = max(0.0, due - self.store.now())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._release_due)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = None
+        self._timer_due = math.inf
+
+    def _release_due(self) -> None:
+        self._timer = None
+        self._timer_due = math.inf
+        now = self.store.now()
+        waiting = self._waiting
+        while waiting and waiting[0][0] <= now:
+            self._queue.put_nowait(heapq.heappop(waiting)[2])
+        self._arm()
+
+    def _clock_changed(self) -> None:
+        # The simulator clock jumped: what fell due goes out now, and the timer waits for the new earliest job.
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not serving yet: nothing is waiting
+        self._release_due()
 
     def _parameters(self, job: CallbackJob) -> dict[str, str]:
         store = self.store
@@ -200,7 +246,7 @@ class CallbackDispatcher:
         if status in ("failed", "undelivered") and record.outcome.error_code is not None:
             parameters["ErrorCode"] = str(record.outcome.error_code)
         if status in ("delivered", "undelivered"):
-            parameters["RawDlrDoneDate"] = raw_dlr_done_date(record.base + job.step * record.step_seconds)
+            parameters["RawDlrDoneDate"] = raw_dlr_done_date(record.step_time(job.step))
         return parameters
 
     async def _consume(self) -> None:

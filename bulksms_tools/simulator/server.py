@@ -1,9 +1,11 @@
-"""The simulator's HTTP server: Twilio's Messages API (create, fetch, list) plus control endpoints for tests.
+"""The simulator's HTTP server: Twilio's Messages API (create, fetch, list), the Messaging Service's sender-pool
+lists (Messaging API v1), and control endpoints for tests.
 
 Kept cheap per request because it shares the benchmark machine with the whole stack: no per-request logging,
 the form parsed with `parse_qsl`, credentials compared against a precomputed header, records stored compactly
 and rendered only for the response. Requests beyond `max_concurrency` in flight get Twilio's 429 / 20429 at
-once.
+once. Each accepted message is placed on a sender of the pool (bulksms_tools.simulator.pool), which decides
+when it leaves its queue, or the code it fails with.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import hmac
 import json
 import random
 import re
+import time
+from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -26,9 +30,29 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 
 from bulksms_tools.simulator.callbacks import CallbackDispatcher
+from bulksms_tools.simulator.clock import SimulatorClock
 from bulksms_tools.simulator.magic_numbers import REJECTION_MESSAGES, MagicKind, magic_number_for
-from bulksms_tools.simulator.store import DELIVERED, MessageRecord, MessageStore, Outcome, outcome_for_failure
+from bulksms_tools.simulator.pool import (
+    POOL_ERROR_MESSAGES,
+    VALIDITY_EXPIRED_CODE,
+    PoolConfig,
+    PoolConfigError,
+    Sender,
+    SenderKind,
+    SenderPool,
+    updated_pool_config,
+)
+from bulksms_tools.simulator.store import (
+    DELIVERED,
+    MESSAGING_SERVICE_SENDER,
+    MessageRecord,
+    MessageStore,
+    Outcome,
+    outcome_for_dropped,
+    outcome_for_failure,
+)
 from shared.broadcasts.segments import count_segments
+from shared.broadcasts.smart_encoding import smart_encode
 
 E164_PATTERN = re.compile(r"^\+[1-9][0-9]{1,14}$")
 MESSAGING_SERVICE_SID_PATTERN = re.compile(r"^MG[0-9a-fA-F]{32}$")
@@ -59,28 +83,6 @@ CREATE_MESSAGE_PARAMETERS = frozenset(
     }
 )
 
-# Smart Encoding: look-alike characters replaced by GSM-7 ones before counting segments.
-SMART_ENCODING = str.maketrans(
-    {
-        "\u2018": "'",
-        "\u2019": "'",
-        "\u201a": "'",
-        "\u201c": '"',
-        "\u201d": '"',
-        "\u201e": '"',
-        "\u2013": "-",
-        "\u2014": "-",
-        "\u2026": "...",
-        "\u00a0": " ",
-        "\u2009": " ",
-        "\u200b": "",
-        "\u200c": "",
-        "\u200d": "",
-        "\ufeff": "",
-        "\t": " ",
-    }
-)
-
 
 @dataclass
 class SimulatorConfig:
@@ -100,6 +102,8 @@ class SimulatorConfig:
     slow_ms: float = 10_000.0
     callback_workers: int = 20
     callback_backlog: int = 200_000
+    # The Messaging Service's senders (none: one sender of unlimited rate); changed through /_simulator/pool.
+    pool: PoolConfig = field(default_factory=PoolConfig)
 
 
 # Option name -> (accepted JSON types, lowest value, highest value).
@@ -116,6 +120,13 @@ RUNTIME_OPTIONS: dict[str, tuple[tuple[type, ...], float | None, float | None]] 
 
 
 ReadHandler = Callable[[web.Request], tuple[int, dict[str, Any]]]
+
+# Messaging API v1 sender lists: path segment -> (the list's key in the answer, the sender types it holds).
+SENDER_LISTS: dict[str, tuple[str, frozenset[SenderKind]]] = {
+    "PhoneNumbers": ("phone_numbers", frozenset({SenderKind.LONG_CODE, SenderKind.TOLL_FREE})),
+    "ShortCodes": ("short_codes", frozenset({SenderKind.SHORT_CODE})),
+    "AlphaSenders": ("alpha_senders", frozenset({SenderKind.ALPHA})),
+}
 
 
 def _within(value: float, lowest: float | None, highest: float | None) -> bool:
@@ -147,22 +158,23 @@ def basic_authorization(account_sid: str, auth_token: str) -> str:
 
 
 def parse_date_filter(text: str) -> tuple[float, float]:
-    """The span a DateSent filter value names: a whole UTC day for YYYY-MM-DD, one second for a date-time."""
+    """The whole UTC day a DateSent filter value falls on, as Twilio filters: `YYYY-MM-DD`, or the day of an
+    ISO-8601 / RFC 2822 date-time (twilio-python sends `2024-05-01T10:30:00Z`: the time of day is ignored)."""
     value = text.strip()
     try:
         if len(value) == 10:
-            day = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
-            return day.timestamp(), (day + timedelta(days=1)).timestamp() - 1e-6
-        try:
-            moment = datetime.fromisoformat(value)
-        except ValueError:
-            moment = parsedate_to_datetime(value)
+            moment = datetime.strptime(value, "%Y-%m-%d").replace(tzinfo=UTC)
+        else:
+            try:
+                moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            except ValueError:
+                moment = parsedate_to_datetime(value)
     except (ValueError, TypeError) as error:
         raise SimulatorError(400, 20001, f"Invalid DateSent value: {text}") from error
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)
-    start = moment.timestamp()
-    return start, start + 0.999999
+    day = datetime.combine(moment.astimezone(UTC).date(), datetime.min.time(), UTC)
+    return day.timestamp(), (day + timedelta(days=1)).timestamp() - 1e-6
 
 
 def parse_send_at(text: str) -> float:
@@ -188,7 +200,9 @@ class Simulator:
     def __init__(self, config: SimulatorConfig) -> None:
         self.startup_config = config
         self.config = dataclasses.replace(config)
-        self.store = MessageStore(config.account_sid)
+        self.clock = SimulatorClock()
+        self.store = MessageStore(config.account_sid, self.clock)
+        self.pool = SenderPool(config.pool, self.clock)
         self.callbacks = CallbackDispatcher(
             self.store,
             config.auth_token,
@@ -201,7 +215,7 @@ class Simulator:
         self.expected_authorization = basic_authorization(config.account_sid, config.auth_token)
         self.in_flight = 0
         # A broadcast sends one body and one Messaging Service SID many times: keep one copy of each.
-        self._body_cache: dict[tuple[str, bool], tuple[str, int]] = {}
+        self._body_cache: dict[tuple[str, bool], tuple[str, str | None, int]] = {}
         self._shared_strings: dict[str, str] = {}
         self._step_seconds = (-1.0, 0.0)
         self.deleted: set[int] = set()  # indices of messages deleted through the API
@@ -244,7 +258,8 @@ class Simulator:
             self.max_in_flight = self.in_flight
 
     def _check_credentials(self, request: web.Request) -> None:
-        if request.match_info["account_sid"] != self.startup_config.account_sid:
+        # Messaging API v1 paths name no account: the credentials alone say whose it is.
+        if request.match_info.get("account_sid", self.startup_config.account_sid) != self.startup_config.account_sid:
             raise SimulatorError(401, 20003, "Authenticate")
         presented = request.headers.get("Authorization", "")
         if presented == self.expected_authorization:
@@ -297,12 +312,14 @@ class Simulator:
         finally:
             self.in_flight -= 1
 
-    def _body_and_segments(self, body: str, smart_encoded: bool) -> tuple[str, int]:
+    def _body_and_segments(self, body: str, smart_encoded: bool) -> tuple[str, str | None, int]:
+        """(the body Twilio stores, the body as sent when Smart Encoding changed it, its segments); one shared
+        copy of each per broadcast."""
         key = (body, smart_encoded)
         cached = self._body_cache.get(key)
         if cached is None:
-            text = body.translate(SMART_ENCODING) if smart_encoded else body
-            cached = (body, count_segments(text).segments)
+            stored = smart_encode(body) if smart_encoded else body  # Twilio's own map, as Twilio stores it
+            cached = (stored, body if stored != body else None, count_segments(stored).segments)
             if len(self._body_cache) >= BODY_CACHE_LIMIT:
                 self._body_cache.clear()
             self._body_cache[key] = cached
@@ -390,12 +407,13 @@ class Simulator:
                 raise SimulatorError(400, 35115, "SendAt must be between 5 minutes and 35 days in the future.")
             scheduled = True
 
-        if media_urls:
-            segments = 1
-        elif body:
-            body, segments = self._body_and_segments(body, parameters.get("SmartEncoded", "").lower() == "true")
-        else:
-            segments = 1
+        stored_body, sent_body, segments = body, None, 1
+        if body:
+            stored_body, sent_body, body_segments = self._body_and_segments(
+                body, parameters.get("SmartEncoded", "").lower() == "true"
+            )
+            if not media_urls:
+                segments = body_segments
         outcome: Outcome = DELIVERED
         if magic is not None and (
             magic.kind is MagicKind.DELIVERY_FAILS
@@ -404,12 +422,24 @@ class Simulator:
         ):
             assert magic.final_status is not None and magic.error_code is not None
             outcome = outcome_for_failure(magic.final_status, magic.error_code)
+        left_queue_at, picked = base, MESSAGING_SERVICE_SENDER
+        if not scheduled:  # a scheduled message joins no queue before its SendAt: sent then
+            refusal = self.pool.request_refusal(now)
+            if refusal is not None:
+                raise SimulatorError(400, refusal, POOL_ERROR_MESSAGES[refusal])
+            validity = int(validity_period) if validity_period is not None else None
+            admission = self.pool.admit(to, segments, now, validity, sender)
+            left_queue_at, picked = admission.leaves_queue_at, admission.sender_address
+            if admission.failure_code is not None:
+                outcome = outcome_for_dropped(
+                    admission.failure_code, expired=admission.failure_code == VALIDITY_EXPIRED_CODE
+                )
         config = self.config
         record = MessageRecord(
             to=to,
             sender=self._shared(sender),
             service_sid=self._shared(service_sid),
-            body=body,
+            body=stored_body,
             segments=segments,
             num_media=len(media_urls),
             outcome=outcome,
@@ -418,6 +448,9 @@ class Simulator:
             step_seconds=self._current_step_seconds(),
             scheduled=scheduled,
             options=self._request_options(parameters, media_urls),
+            left_queue_at=left_queue_at,
+            picked=picked,
+            sent_body=sent_body,
         )
         index = self.store.add(record)
         self.accepted += 1
@@ -503,30 +536,38 @@ class Simulator:
 
     def _list(self, request: web.Request) -> tuple[int, dict[str, Any]]:
         query = request.query
-        created_from: float | None = None
-        created_until: float | None = None
+        # DateSent filters work by whole UTC days on `date_sent` (Twilio's "on and after" / "on and before"):
+        # a message still waiting in its sender's queue has no date_sent and matches none of them.
+        sent_from: float | None = None
+        sent_until: float | None = None
         for name in ("DateSent>", "DateSent>="):
             if name in query:
-                created_from = parse_date_filter(query[name])[0]
+                sent_from = parse_date_filter(query[name])[0]
         for name in ("DateSent<", "DateSent<="):
             if name in query:
-                created_until = parse_date_filter(query[name])[1]
+                sent_until = parse_date_filter(query[name])[1]
         if "DateSent" in query:
-            created_from, created_until = parse_date_filter(query["DateSent"])
+            sent_from, sent_until = parse_date_filter(query["DateSent"])
         try:
             page_size = min(MAX_PAGE_SIZE, max(1, int(query.get("PageSize", DEFAULT_PAGE_SIZE))))
             page = max(0, int(query.get("Page", 0)))
         except ValueError as error:
             raise SimulatorError(400, 20001, "Page and PageSize must be integers.") from error
 
-        indices = self.store.select(query.get("To"), query.get("From"), created_from, created_until)
+        now = self.store.now()
+        indices = self.store.select(query.get("To"), query.get("From"), sent_from, sent_until, now)
         if self.deleted:
             indices = [index for index in indices if index not in self.deleted]
-        total = len(indices)
         start = page * page_size
+        token = query.get("PageToken")
+        if token:
+            # Twilio's PageToken is a cursor: the next page holds what is older than the last message shown, so
+            # messages created meanwhile never shift it.
+            older = indices[: bisect_left(indices, self._page_token_position(token))]
+        else:
+            older = indices[: max(0, len(indices) - start)]
         # Newest first, as Twilio lists.
-        chosen = [indices[total - 1 - position] for position in range(start, min(total, start + page_size))]
-        now = self.store.now()
+        chosen = list(reversed(older[max(0, len(older) - page_size) :]))
         messages = [self.store.resource(index, now) for index in chosen]
 
         kept = [(name, value) for name, value in query.items() if name not in ("Page", "PageSize", "PageToken")]
@@ -537,7 +578,7 @@ class Simulator:
                 items.append(("PageToken", token))
             return f"{request.path}?{urlencode(items)}"
 
-        has_next = start + page_size < total
+        has_next = len(older) > page_size
         next_token = f"PA{self.store.run_key}{chosen[-1]:016x}" if has_next and chosen else None
         return 200, {
             "end": start + len(messages) - 1 if messages else 0,
@@ -551,6 +592,74 @@ class Simulator:
             "uri": page_uri(page),
         }
 
+    def _page_token_position(self, token: str) -> int:
+        """The record position a PageToken of this run points at (the oldest message of the previous page)."""
+        run_key = self.store.run_key
+        if len(token) != 34 or not token.startswith("PA" + run_key):
+            raise SimulatorError(400, 20001, f"Invalid PageToken: {token}")
+        try:
+            return int(token[18:], 16)
+        except ValueError as error:
+            raise SimulatorError(400, 20001, f"Invalid PageToken: {token}") from error
+
+    # --- GET /v1/Services/{ServiceSid}/PhoneNumbers | ShortCodes | AlphaSenders (Messaging API v1)
+
+    async def list_pool_senders(self, request: web.Request) -> web.Response:
+        return await self._read(request, self._pool_senders)
+
+    def _pool_senders(self, request: web.Request) -> tuple[int, dict[str, Any]]:
+        """One of the Messaging Service's sender lists, in Twilio's v1 shape (`meta` paging; the resources and the
+        list document as in twilio-oai's spec/json/twilio_messaging_v1.json, ListPhoneNumber / ListShortCode /
+        ListAlphaSender). Every valid service SID names the one pool; with no pool configured the lists are empty."""
+        service_sid = request.match_info["service_sid"]
+        if not MESSAGING_SERVICE_SID_PATTERN.match(service_sid):
+            raise SimulatorError(404, 20404, f"The requested resource {request.path} was not found")
+        key, kinds = SENDER_LISTS[request.match_info["sender_list"]]
+        try:
+            page_size = min(MAX_PAGE_SIZE, max(1, int(request.query.get("PageSize", DEFAULT_PAGE_SIZE))))
+            page = max(0, int(request.query.get("Page", 0)))
+        except ValueError as error:
+            raise SimulatorError(400, 20001, "Page and PageSize must be integers.") from error
+        senders = self.pool.senders_of(kinds)
+        shown = senders[page * page_size : (page + 1) * page_size]
+        base = f"{request.scheme}://{request.host}{request.path}"
+
+        def page_url(number: int) -> str:
+            return f"{base}?{urlencode({'PageSize': page_size, 'Page': number})}"
+
+        items = [self._sender_resource(sender, service_sid, base) for sender in shown]
+        return 200, {
+            key: items,
+            "meta": {
+                "first_page_url": page_url(0),
+                "key": key,
+                "next_page_url": page_url(page + 1) if (page + 1) * page_size < len(senders) else None,
+                "page": page,
+                "page_size": page_size,
+                "previous_page_url": page_url(page - 1) if page > 0 else None,
+                "url": page_url(page),
+            },
+        }
+
+    def _sender_resource(self, sender: Sender, service_sid: str, list_url: str) -> dict[str, Any]:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(sender.created))
+        resource: dict[str, Any] = {
+            "account_sid": self.startup_config.account_sid,
+            "service_sid": service_sid,
+            "sid": sender.sid,
+            "date_created": created,
+            "date_updated": created,
+            "url": f"{list_url}/{sender.sid}",
+        }
+        if sender.kind is SenderKind.ALPHA:
+            resource.update(alpha_sender=sender.address, capabilities=["SMS"])
+        elif sender.kind is SenderKind.SHORT_CODE:
+            resource.update(short_code=sender.address, country_code="US", capabilities=["SMS", "MMS"])
+        else:
+            # Long code or toll-free: Twilio says which by the number itself (toll-free area codes).
+            resource.update(phone_number=sender.address, country_code="US", capabilities=["SMS", "MMS"])
+        return resource
+
     async def unknown_resource(self, request: web.Request) -> web.Response:
         message = f"The requested resource {request.path} was not found"
         return self._json(404, error_document(404, 20404, message))
@@ -558,11 +667,13 @@ class Simulator:
     # --- control endpoints (no auth)
 
     async def reset(self, request: web.Request) -> web.Response:
-        """Forget every message, counter and scheduled callback; restore the startup configuration."""
+        """Forget every message, counter and scheduled callback; restore the startup configuration, pool and clock."""
         self.store.clear()
         self.deleted.clear()
         self.callbacks.reset()
+        self.clock.reset()
         self.config = dataclasses.replace(self.startup_config)
+        self.pool.configure(self.startup_config.pool, fresh=True)
         self._reset_counters()
         return self._json(200, self._config_document(), twilio_headers=False)
 
@@ -596,10 +707,12 @@ class Simulator:
         return {name: getattr(self.config, name) for name in RUNTIME_OPTIONS}
 
     async def received_messages(self, request: web.Request) -> web.Response:
-        """What was sent to one number (`?to=`, required): body, segments and the optional parameters."""
+        """What was sent to one number (`?to=`, required), oldest first: the body as sent and as Twilio stores it,
+        segments, the optional parameters, and where the message is now (status, sender, times)."""
         to = request.query.get("to")
         if not to:
             return self._json(400, {"message": "?to= is required"}, twilio_headers=False)
+        now = self.store.now()
         items = []
         for index in self.store.select(to=to):
             if index in self.deleted:
@@ -609,13 +722,71 @@ class Simulator:
                 {
                     "sid": self.store.sid(index),
                     "to": record.to,
-                    "body": record.body,
+                    "body": record.sent_body or record.body,
+                    "stored_body": record.body,
                     "num_segments": record.segments,
                     "num_media": record.num_media,
                     "parameters": record.options or {},
+                    "status": record.status_after(record.steps_done(now)),
+                    "from": record.sending_number(),
+                    "created_at": record.created,
+                    "sent_at": record.date_sent(now),
                 }
             )
         return self._json(200, {"messages": items}, twilio_headers=False)
+
+    async def show_pool(self, request: web.Request) -> web.Response:
+        return self._json(200, self.pool.summary(), twilio_headers=False)
+
+    async def configure_pool(self, request: web.Request) -> web.Response:
+        """Change the sender pool: the keys given replace the current ones (`senders` starts new, empty queues)."""
+        try:
+            document = await request.json()
+        except ValueError:
+            return self._json(400, {"error": "expected a JSON object"}, twilio_headers=False)
+        try:
+            config = updated_pool_config(self.pool.config, document)
+        except PoolConfigError as error:
+            return self._json(400, {"error": str(error)}, twilio_headers=False)
+        self.pool.configure(config, new_senders="senders" in document)
+        return self._json(200, self.pool.summary(), twilio_headers=False)
+
+    async def transmissions(self, request: web.Request) -> web.Response:
+        """What left the senders' queues in `[since, until]` (epoch seconds on the simulator clock; until: now)."""
+        try:
+            since = float(request.query["since"]) if "since" in request.query else None
+            until = float(request.query["until"]) if "until" in request.query else None
+        except ValueError:
+            return self._json(400, {"error": "since and until are epoch seconds"}, twilio_headers=False)
+        return self._json(200, self.pool.transmissions(since, until), twilio_headers=False)
+
+    def _clock_document(self) -> dict[str, Any]:
+        now = self.clock.now()
+        return {"now": now, "offset_seconds": self.clock.offset, "utc": datetime.fromtimestamp(now, UTC).isoformat()}
+
+    async def show_clock(self, request: web.Request) -> web.Response:
+        return self._json(200, self._clock_document(), twilio_headers=False)
+
+    async def move_clock(self, request: web.Request) -> web.Response:
+        """`{"advance_seconds": n}` moves the clock forward; `{"offset_seconds": x}` sets its offset from the wall
+        clock (backwards only while no message is stored, right after a reset)."""
+        try:
+            document = await request.json()
+        except ValueError:
+            document = None
+        if not isinstance(document, dict) or len(document) != 1:
+            return self._json(400, {"error": "expected {advance_seconds} or {offset_seconds}"}, twilio_headers=False)
+        ((name, value),) = document.items()
+        if name not in ("advance_seconds", "offset_seconds") or not isinstance(value, int | float):
+            return self._json(400, {"error": "expected {advance_seconds} or {offset_seconds}"}, twilio_headers=False)
+        try:
+            if name == "advance_seconds":
+                self.clock.advance(float(value))
+            else:
+                self.clock.set_offset(float(value), allow_backwards=not self.store.records)
+        except ValueError as error:
+            return self._json(409, {"error": str(error)}, twilio_headers=False)
+        return self._json(200, self._clock_document(), twilio_headers=False)
 
     async def summary(self, request: web.Request) -> web.Response:
         store = self.store
@@ -638,6 +809,7 @@ class Simulator:
             "duplicate_recipients": list(store.duplicate_recipients),
             "callbacks": callbacks,
             "config": self._config_document(),
+            "pool": self.pool.summary(),
         }
         return self._json(200, document, twilio_headers=False)
 
@@ -656,11 +828,21 @@ def create_app(config: SimulatorConfig) -> web.Application:
     app.router.add_get(account + "/Messages/{sid}.json", simulator.fetch_message)
     app.router.add_delete(account + "/Messages/{sid}.json", simulator.delete_message)
     app.router.add_route("*", "/2010-04-01/{tail:.*}", simulator.unknown_resource)
+    # Messaging API v1 (messaging.twilio.com in real life): the Messaging Service's sender pool.
+    app.router.add_get(
+        "/v1/Services/{service_sid}/{sender_list:PhoneNumbers|ShortCodes|AlphaSenders}", simulator.list_pool_senders
+    )
+    app.router.add_route("*", "/v1/{tail:.*}", simulator.unknown_resource)
     app.router.add_post("/_simulator/reset", simulator.reset)
     app.router.add_post("/_simulator/config", simulator.configure)
     app.router.add_get("/_simulator/config", simulator.show_config)
     app.router.add_get("/_simulator/summary", simulator.summary)
     app.router.add_get("/_simulator/messages", simulator.received_messages)
+    app.router.add_get("/_simulator/pool", simulator.show_pool)
+    app.router.add_post("/_simulator/pool", simulator.configure_pool)
+    app.router.add_get("/_simulator/transmissions", simulator.transmissions)
+    app.router.add_get("/_simulator/clock", simulator.show_clock)
+    app.router.add_post("/_simulator/clock", simulator.move_clock)
 
     async def start_callbacks(app: web.Application) -> None:
         await simulator.callbacks.start()

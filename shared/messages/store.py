@@ -185,13 +185,16 @@ def record_send_outcomes(session: Session, records: Sequence[SendRecord]) -> int
 def reconcile_found(
     session: Session, message_id: int, state: str, attempts: int, twilio_sid: str, twilio_status: str
 ) -> int:
-    """sending | unknown -> accepted with the SID Twilio has, only while the row is as the sweeper read it."""
+    """sending | unknown -> accepted with the SID Twilio has, only while the row is as the sweeper read it and no
+    message row or archived attempt owns that SID yet (one Twilio message is one attempt's, never two)."""
     result = session.execute(
         text(
             "UPDATE messages SET state = :accepted, twilio_sid = :sid, twilio_status = :twilio_status, "
             "error_code = NULL, error_message = NULL, sent_at = coalesce(sent_at, now()), "
             "updated_at = now() "
-            "WHERE id = :id AND state = :state AND attempts = :attempts AND state = ANY(CAST(:sources AS text[]))"
+            "WHERE id = :id AND state = :state AND attempts = :attempts AND state = ANY(CAST(:sources AS text[])) "
+            "AND NOT EXISTS (SELECT 1 FROM messages AS owner WHERE owner.twilio_sid = :sid) "
+            "AND NOT EXISTS (SELECT 1 FROM message_attempts AS attempt WHERE attempt.twilio_sid = :sid)"
         ),
         {
             "sources": sources_of(MessageEvent.RECONCILE_FOUND),
@@ -204,6 +207,20 @@ def reconcile_found(
         },
     )
     return _rowcount(result)
+
+
+def sids_on_record(session: Session, sids: Sequence[str]) -> set[str]:
+    """Which of these Twilio SIDs a message row or an archived attempt already owns (both are unique indexes)."""
+    if not sids:
+        return set()
+    owned = session.execute(
+        text(
+            "SELECT twilio_sid FROM messages WHERE twilio_sid = ANY(CAST(:sids AS text[])) "
+            "UNION SELECT twilio_sid FROM message_attempts WHERE twilio_sid = ANY(CAST(:sids AS text[]))"
+        ),
+        {"sids": list(sids)},
+    ).scalars()
+    return set(owned)
 
 
 def reconcile_not_found(session: Session, message_id: int, state: str, attempts: int, reason: str) -> int:

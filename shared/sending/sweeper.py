@@ -3,8 +3,9 @@
 1. Broadcasts stored but never enqueued (a crash between commit and enqueue): enqueue their pending chunks.
 2. Chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a worker
    died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
-3. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's message
-   list for that number since the claim decides: found -> `accepted` with its SID; not found -> `pending`.
+3. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's whole list
+   of messages to that number (queued ones included) decides, by the identity rule of
+   shared.sending.reconciliation: found -> `accepted` with its SID; not found -> `pending`, sent again.
 
 One sweep at a time across all beats and workers (a Redis lock).
 """
@@ -33,7 +34,8 @@ from shared.platform.models import BroadcastStatus, MessageState
 from shared.platform.task_queue import SEND_QUEUE, enqueue_chunks
 from shared.sending.chunks import SendingResources
 from shared.sending.concurrency import SlotPool
-from shared.twilio.gateway import TwilioLookupError
+from shared.sending.reconciliation import LostClaim, candidate_sids, match_lost_claims
+from shared.twilio.gateway import TwilioLookupError, TwilioMessage
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ UNENQUEUED_AGE_SECONDS = 5
 # Rows reconciled per sweep, and Twilio lookups in flight at once for them (inside the global cap).
 RECONCILE_BATCH_SIZE = 500
 RECONCILE_CONCURRENCY = 20
-# Twilio's clock and ours differ a little: look back this much further than the claim.
-LOOKUP_CLOCK_SLACK = timedelta(minutes=2)
 
 
 @dataclass
@@ -72,6 +72,9 @@ class _Suspect:
     attempts: int
     claimed_until: datetime
     body: str
+
+    def lost_claim(self, lease: timedelta) -> LostClaim:
+        return LostClaim(self.id, self.to_number, self.body, self.claimed_until, lease)
 
 
 def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_seconds: float) -> int:
@@ -172,66 +175,61 @@ def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) ->
     ]
 
 
-Candidates = list[tuple[str, str | None]]  # (sid, status) of Twilio messages that could be a suspect's
-
-
-async def _look_up(resources: SendingResources, suspects: list[_Suspect]) -> dict[int, Candidates | TwilioLookupError]:
-    """For each suspect: the messages Twilio has that could be it (maybe none), or the lookup's error."""
-    lease = timedelta(seconds=resources.settings.claim_lease_seconds)
+async def _look_up(
+    resources: SendingResources, numbers: set[str]
+) -> dict[str, list[TwilioMessage] | TwilioLookupError]:
+    """For each number: every message Twilio has for it (all pages, queued ones included), or the lookup's error."""
     gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
-    found: dict[int, Candidates | TwilioLookupError] = {}
+    found: dict[str, list[TwilioMessage] | TwilioLookupError] = {}
 
     async with SlotPool(resources.limiter) as slots:
 
-        async def look_up_one(suspect: _Suspect) -> None:
-            claimed_at = suspect.claimed_until - lease - LOOKUP_CLOCK_SLACK
+        async def look_up_one(number: str) -> None:
+            # One slot for the whole lookup: its pages are read one after the other.
             async with gate, slots.slot() as _:
                 try:
-                    messages = await resources.gateway.find_messages(suspect.to_number, claimed_at)
+                    found[number] = await resources.gateway.messages_to(number)
                 except TwilioLookupError as error:
-                    found[suspect.id] = error
-                    return
-            found[suspect.id] = [
-                (message.sid, message.status) for message in messages if message.body in (None, suspect.body)
-            ]
+                    found[number] = error
 
-        await asyncio.gather(*(look_up_one(suspect) for suspect in suspects))
+        await asyncio.gather(*(look_up_one(number) for number in sorted(numbers)))
     return found
 
 
 def _apply_reconciliation(
     session: Session,
     broadcast_id: uuid.UUID,
-    found: list[tuple[_Suspect, Candidates]],
-    released: list[_Suspect],
-) -> tuple[int, int, bool]:
+    looked_up: list[tuple[_Suspect, list[TwilioMessage]]],
+    lease: timedelta,
+    messaging_service_sid: str,
+) -> tuple[int, int, bool, list[_Suspect]]:
+    """Record what Twilio has, release what it lacks; returns (found, released, submitted, released suspects)."""
     # Broadcast row first: the same lock order as the recorders (shared.sending.claims), so no deadlock with them.
     broadcast_store.lock(session, [broadcast_id])
+    listed = {suspect.id: messages for suspect, messages in looked_up}
+    # Read inside this transaction, after the lock: SIDs recorded by other rows or archived attempts, including
+    # those another broadcast's reconciliation committed a moment ago, are never taken again.
+    owned = message_store.sids_on_record(session, sorted(candidate_sids(listed)))
+    matches = match_lost_claims(
+        [suspect.lost_claim(lease) for suspect, _ in looked_up], listed, owned, messaging_service_sid
+    )
     accepted_count = released_count = 0
-    for suspect, candidates in found:
-        # A SID already on another row is that row's message (same number and body), not this one's.
-        taken = set(
-            session.execute(
-                text("SELECT twilio_sid FROM messages WHERE twilio_sid = ANY(CAST(:sids AS text[]))"),
-                {"sids": [sid for sid, _ in candidates]},
-            ).scalars()
-        )
-        match = next(((sid, status) for sid, status in candidates if sid not in taken), None)
+    released: list[_Suspect] = []
+    for suspect, _ in looked_up:
+        match = matches.get(suspect.id)
         if match is None:
-            released.append(suspect)
+            reason = f"not found at Twilio after the {suspect.state} claim expired; sending again"
+            written = message_store.reconcile_not_found(session, suspect.id, suspect.state, suspect.attempts, reason)
+            released_count += written
+            if written:
+                released.append(suspect)
             continue
-        sid, twilio_status = match
         accepted_count += message_store.reconcile_found(
-            session, suspect.id, suspect.state, suspect.attempts, sid, twilio_status or "accepted"
-        )
-    for suspect in released:
-        reason = f"not found at Twilio after the {suspect.state} claim expired; sending again"
-        released_count += message_store.reconcile_not_found(
-            session, suspect.id, suspect.state, suspect.attempts, reason
+            session, suspect.id, suspect.state, suspect.attempts, match.sid, match.status or "accepted"
         )
     message_store.cancel_if_broadcast_canceled(session, broadcast_id, [suspect.id for suspect in released])
     submitted = broadcast_store.submit_if_finished(session, broadcast_id)
-    return accepted_count, released_count, submitted
+    return accepted_count, released_count, submitted, released
 
 
 def reconcile_expired_claims(resources: SendingResources, app: Celery, report: SweepReport) -> None:
@@ -242,24 +240,25 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     if not suspects:
         return
     report.expired_claims = sum(1 for suspect in suspects if suspect.state == MessageState.SENDING)
-    lookups = resources.run(_look_up(resources, suspects))
+    lookups = resources.run(_look_up(resources, {suspect.to_number for suspect in suspects}))
 
-    per_broadcast: dict[uuid.UUID, tuple[list[tuple[_Suspect, Candidates]], list[_Suspect]]] = {}
+    per_broadcast: dict[uuid.UUID, list[tuple[_Suspect, list[TwilioMessage]]]] = {}
     for suspect in suspects:
-        answer = lookups.get(suspect.id)
-        found, released = per_broadcast.setdefault(suspect.broadcast_id, ([], []))
+        answer = lookups.get(suspect.to_number)
         if answer is None or isinstance(answer, TwilioLookupError):
+            # Undecided: an incomplete answer is never "not at Twilio". The next sweep asks again.
             report.lookups_failed += 1
             logger.warning("could not look up %s at Twilio: %s", mask_phone_number(suspect.to_number), answer)
-        elif answer:
-            found.append((suspect, answer))
-        else:
-            released.append(suspect)
+            continue
+        per_broadcast.setdefault(suspect.broadcast_id, []).append((suspect, answer))
 
+    lease = timedelta(seconds=settings.claim_lease_seconds)
     requeue: list[tuple[uuid.UUID, int]] = []
-    for broadcast_id, (found, released) in per_broadcast.items():
+    for broadcast_id, looked_up in per_broadcast.items():
         with session_scope(resources.session_factory) as session:
-            accepted_count, released_count, submitted = _apply_reconciliation(session, broadcast_id, found, released)
+            accepted_count, released_count, submitted, released = _apply_reconciliation(
+                session, broadcast_id, looked_up, lease, resources.gateway.messaging_service_sid
+            )
         report.reconciled_accepted += accepted_count
         report.reconciled_pending += released_count
         report.broadcasts_submitted += int(submitted)

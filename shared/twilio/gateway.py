@@ -4,7 +4,8 @@ Every answer becomes one of four outcomes. `Accepted`: Twilio has the message (a
 never processed the request (20429, or the connection failed before the request was sent): safe to send again.
 `Permanent`: Twilio refused this message and would again (invalid number, STOP, authentication...).
 `Ambiguous`: the request left but no usable answer came back (timeout, 5xx, connection reset), so Twilio may
-or may not have it; such a message is reconciled against Twilio's message list, never resent blindly.
+or may not have it; such a message is reconciled against Twilio's message list (`messages_to`: every message
+to the number, queued ones included), never resent blindly.
 Which outcome an error code gets is decided by the table in shared.twilio.error_codes, not here.
 
 The official library's `AsyncTwilioHttpClient` is used for throughput, without its `max_retries` (it resends a
@@ -37,6 +38,9 @@ logger = logging.getLogger(__name__)
 
 # The reason of every 429 / 20429 outcome: metrics count rate limiting by it (shared.platform.metrics).
 RATE_LIMITED_REASON = "too many requests"
+# Reading a number's messages: Twilio's largest page, and how many pages before the answer is called incomplete.
+LOOKUP_PAGE_SIZE = 1000
+LOOKUP_MAX_PAGES = 50
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +77,9 @@ class TwilioMessage:
     body: str | None
     status: str | None
     date_created: datetime | None
+    date_sent: datetime | None = None  # None while the message waits in its sender's queue at Twilio
+    messaging_service_sid: str | None = None
+    direction: str | None = None
 
 
 class Deletion(enum.StrEnum):
@@ -236,28 +243,32 @@ class TwilioGateway:
             return Ambiguous("accepted without a SID")
         return Accepted(sid=message.sid, status=str(message.status or "accepted"))
 
-    async def find_messages(self, to: str, sent_after: datetime, limit: int = 50) -> list[TwilioMessage]:
-        """Messages Twilio has for `to` sent at or after `sent_after` (`GET Messages.json?To=&DateSent>=`)."""
+    async def messages_to(
+        self, to: str, page_size: int = LOOKUP_PAGE_SIZE, max_pages: int = LOOKUP_MAX_PAGES
+    ) -> list[TwilioMessage]:
+        """Every message Twilio has for `to`, queued ones included: `GET Messages.json?To=`, every page.
+
+        No DateSent filter, on purpose: a message still waiting in its sender's queue has no `date_sent`, and
+        Twilio filters DateSent by whole days on that field, so any DateSent filter hides exactly the messages a
+        crash leaves in doubt. Raises TwilioLookupError when a page cannot be read or the number has more than
+        `max_pages` pages: an incomplete answer must never be taken for "Twilio does not have it".
+        """
+        found: list[TwilioMessage] = []
         try:
-            page = await self.client.messages.page_async(to=to, date_sent_after=sent_after, page_size=limit)
+            page: Any = await self.client.messages.page_async(to=to, page_size=page_size)
+            pages = 1
+            while True:
+                found.extend(_listed_message(record, to) for record in page if record.sid)
+                if not page.next_page_url:
+                    return found
+                if pages >= max_pages:
+                    raise TwilioLookupError(f"more than {max_pages} pages of messages to this number")
+                page = await page.next_page_async()
+                pages += 1
         except TwilioRestException as error:
             raise TwilioLookupError(f"Twilio answered {error.status} (code {error.code})") from error
         except (aiohttp.ClientError, OSError, TwilioException, ValueError) as error:
             raise TwilioLookupError(f"listing messages failed: {type(error).__name__}") from error
-        found = []
-        for record in page:
-            item: Any = record
-            if item.sid:
-                found.append(
-                    TwilioMessage(
-                        sid=item.sid,
-                        to=str(item.to or to),
-                        body=item.body,
-                        status=None if item.status is None else str(item.status),
-                        date_created=item.date_created,
-                    )
-                )
-        return found
 
     async def delete_message(self, sid: str) -> DeletionOutcome:
         """`DELETE Messages/{sid}.json`: Twilio erases the message's body and number; never raises."""
@@ -270,6 +281,19 @@ class TwilioGateway:
         except (aiohttp.ClientError, OSError, TimeoutError, TwilioException) as error:
             return DeletionOutcome(sid, Deletion.FAILED, f"no answer from Twilio: {type(error).__name__}")
         return DeletionOutcome(sid, Deletion.DELETED if deleted else Deletion.FAILED)
+
+
+def _listed_message(record: Any, to: str) -> TwilioMessage:
+    return TwilioMessage(
+        sid=record.sid,
+        to=str(record.to or to),
+        body=record.body,
+        status=None if record.status is None else str(record.status),
+        date_created=record.date_created,
+        date_sent=record.date_sent,
+        messaging_service_sid=record.messaging_service_sid,
+        direction=None if record.direction is None else str(record.direction),
+    )
 
 
 # Deletions of one erasure request in flight at once: a person has a handful of messages, and these requests share

@@ -30,7 +30,7 @@ from twilio.rest import Client
 
 from bulksms_tools.local_services import ManagedProcess, find_free_port, wait_for_port
 from bulksms_tools.simulator import server as simulator_server
-from bulksms_tools.simulator.magic_numbers import MAGIC_NUMBERS, MagicKind
+from bulksms_tools.simulator.magic_numbers import MAGIC_NUMBERS, MagicKind, magic_variant
 from tests.conftest import (
     REPOSITORY_ROOT,
     TEST_ACCOUNT_SID,
@@ -199,10 +199,12 @@ def test_twilio_library_fetches_and_lists_what_was_sent(simulator_url: str, simu
     client = twilio_client(simulator_url)
     sent = client.messages.create(to="+14155550101", messaging_service_sid=TEST_MESSAGING_SERVICE_SID, body="x")
 
-    assert client.messages(sent.sid).fetch().to == "+14155550101"
-    after = datetime.now(UTC) - timedelta(minutes=1)
-    assert [m.sid for m in client.messages.list(to="+14155550101", date_sent_after=after)] == [sent.sid]
-    assert client.messages.list(to="+14155550101", date_sent_after=after + timedelta(hours=1)) == []
+    fetched = client.messages(sent.sid).fetch()
+    assert fetched.to == "+14155550101"
+    # DateSent works by whole days: the day the message was sent, whatever the time of day; not the next day.
+    sent_day = fetched.date_sent.replace(hour=23, minute=59, second=0)
+    assert [m.sid for m in client.messages.list(to="+14155550101", date_sent_after=sent_day)] == [sent.sid]
+    assert client.messages.list(to="+14155550101", date_sent_after=sent_day + timedelta(minutes=1)) == []
 
 
 @pytest.mark.parametrize(
@@ -355,12 +357,13 @@ def test_list_filters_by_recipient_and_date_and_pages_newest_first(
     assert [m["sid"] for m in second["messages"]] == [sids[0]]
     assert second["next_page_uri"] is None
 
-    today = datetime.now(UTC).date()
-    future = (datetime.now(UTC) + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    today = parsedate_to_datetime(first["messages"][0]["date_sent"]).date()
+    late_today = f"{today}T23:59:59Z"  # a date-time counts for its whole day, as with Twilio
+    tomorrow, yesterday = str(today + timedelta(days=1)), str(today - timedelta(days=1))
     assert len(list_messages(simulator_url, To="+14155550107", **{"DateSent>": str(today)}).json()["messages"]) == 3
-    assert list_messages(simulator_url, To="+14155550107", **{"DateSent>": future}).json()["messages"] == []
+    assert len(list_messages(simulator_url, To="+14155550107", **{"DateSent>": late_today}).json()["messages"]) == 3
+    assert list_messages(simulator_url, To="+14155550107", **{"DateSent>": tomorrow}).json()["messages"] == []
     assert len(list_messages(simulator_url, To="+14155550107", DateSent=str(today)).json()["messages"]) == 3
-    yesterday = str(today - timedelta(days=1))
     assert list_messages(simulator_url, To="+14155550107", **{"DateSent<": yesterday}).json()["messages"] == []
     assert list_messages(simulator_url, To="+14155559999").json()["messages"] == []
 
@@ -452,12 +455,12 @@ def test_config_rejects_unknown_options_and_reset_restores_startup_config(
 
 # --- magic numbers
 
-REJECTING_PREFIXES = sorted(p for p, m in MAGIC_NUMBERS.items() if m.kind is MagicKind.REJECTED)
-FAILING_PREFIXES = sorted(p for p, m in MAGIC_NUMBERS.items() if m.kind is MagicKind.DELIVERY_FAILS)
+REJECTING_NUMBERS = sorted(n for n, m in MAGIC_NUMBERS.items() if m.kind is MagicKind.REJECTED)
+FAILING_NUMBERS = sorted(n for n, m in MAGIC_NUMBERS.items() if m.kind is MagicKind.DELIVERY_FAILS)
 
 
 @pytest.mark.parametrize(
-    ("prefix", "code"),
+    ("number", "code"),
     [
         ("+15005550001", 21211),
         ("+15005550002", 21612),
@@ -467,16 +470,16 @@ FAILING_PREFIXES = sorted(p for p, m in MAGIC_NUMBERS.items() if m.kind is Magic
     ],
 )
 def test_magic_numbers_refuse_with_twilios_test_number_codes(
-    simulator_url: str, simulator: SimulatorControl, prefix: str, code: int
+    simulator_url: str, simulator: SimulatorControl, number: str, code: int
 ) -> None:
-    assert prefix in REJECTING_PREFIXES
-    for to in (prefix, prefix + "7", prefix + "1234"):
+    assert number in REJECTING_NUMBERS
+    for to in (number, magic_variant(number, 7), magic_variant(number, 99)):
         assert_twilio_error(send(simulator_url, To=to), 400, code)
     assert simulator.summary()["accepted"] == 0
 
 
 @pytest.mark.parametrize(
-    ("prefix", "final_status", "code"),
+    ("number", "final_status", "code"),
     [
         ("+15005550013", "undelivered", 30003),
         ("+15005550015", "failed", 30005),
@@ -485,18 +488,18 @@ def test_magic_numbers_refuse_with_twilios_test_number_codes(
     ],
 )
 def test_magic_numbers_are_accepted_then_fail_delivery(
-    simulator_url: str, simulator: SimulatorControl, prefix: str, final_status: str, code: int
+    simulator_url: str, simulator: SimulatorControl, number: str, final_status: str, code: int
 ) -> None:
-    assert prefix in FAILING_PREFIXES
+    assert number in FAILING_NUMBERS
     simulator.configure(callback_delay_ms=20)
-    created = send(simulator_url, To=prefix + "42")
+    created = send(simulator_url, To=magic_variant(number, 42))
     assert created.status_code == 201
     assert created.json()["status"] == "accepted"
 
     final = wait_until(
         lambda: (doc := fetch(simulator_url, created.json()["sid"]).json())["status"] == final_status and doc,
         timeout_seconds=5,
-        message=f"{prefix} to reach {final_status}",
+        message=f"{number} to reach {final_status}",
     )
     assert final["error_code"] == code
     assert final["error_message"]
@@ -506,8 +509,8 @@ def test_first_delivery_fails_magic_number_fails_once_then_delivers(
     simulator_url: str, simulator: SimulatorControl
 ) -> None:
     simulator.configure(callback_delay_ms=20)
-    first = send(simulator_url, To="+150055500231").json()["sid"]
-    second = send(simulator_url, To="+150055500231").json()["sid"]
+    first = send(simulator_url, To="+15015550023").json()["sid"]
+    second = send(simulator_url, To="+15015550023").json()["sid"]
 
     assert first != second
     first_final = wait_until(
@@ -523,9 +526,9 @@ def test_first_delivery_fails_magic_number_fails_once_then_delivers(
 def test_server_error_magic_number_stores_the_message_and_answers_500(
     simulator_url: str, simulator: SimulatorControl
 ) -> None:
-    assert_twilio_error(send(simulator_url, To="+150055500501"), 500, 20500)
+    assert_twilio_error(send(simulator_url, To="+15015550050"), 500, 20500)
 
-    assert len(listed_sids(simulator_url, "+150055500501")) == 1
+    assert len(listed_sids(simulator_url, "+15015550050")) == 1
     assert simulator.summary()["accepted"] == 1
     assert simulator.summary()["errors_by_code"] == {"20500": 1}
 
@@ -536,9 +539,9 @@ def test_slow_magic_number_lets_the_client_time_out_after_the_message_was_stored
     simulator.configure(slow_ms=1500)
 
     with pytest.raises(requests.Timeout):
-        send(simulator_url, To="+150055500201", timeout=0.3)
+        send(simulator_url, To="+15015550020", timeout=0.3)
 
-    assert len(listed_sids(simulator_url, "+150055500201")) == 1
+    assert len(listed_sids(simulator_url, "+15015550020")) == 1
     assert simulator.summary()["accepted"] == 1
 
 
@@ -583,7 +586,7 @@ def test_undelivered_magic_number_ends_with_error_code_in_the_callback(
 ) -> None:
     simulator.configure(callback_delay_ms=30)
     callback = f"{callback_receiver.url}/status?message_id=8"
-    sid = send(simulator_url, To="+150055500139", StatusCallback=callback).json()["sid"]
+    sid = send(simulator_url, To="+15095550013", StatusCallback=callback).json()["sid"]
 
     wait_until(lambda: len(callback_receiver.for_message(sid)) == 3, 5, message="three callbacks")
 

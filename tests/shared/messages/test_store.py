@@ -173,6 +173,24 @@ def test_a_released_retry_of_a_canceled_broadcast_is_canceled_not_sent_again(db_
     assert state_of(db_session, message_id) == MessageState.CANCELED.value
 
 
+@pytest.mark.parametrize("owner", ["archived attempt", "another message"])
+def test_reconcile_found_never_gives_one_twilio_message_to_two_attempts(db_session: Session, owner: str) -> None:
+    _, message_id = one_message_in(db_session, MessageState.UNKNOWN)
+    if owner == "archived attempt":
+        db_session.execute(
+            text("INSERT INTO message_attempts (message_id, attempt_number, twilio_sid) VALUES (:id, 0, :sid)"),
+            {"id": message_id, "sid": SID},
+        )
+    else:
+        other = create_broadcast(db_session, ["+15550000001"])
+        set_messages(db_session, other.id, state=MessageState.ACCEPTED.value, attempts=1, twilio_sid=SID)
+
+    assert store.reconcile_found(db_session, message_id, MessageState.UNKNOWN.value, 1, SID, "queued") == 0
+    db_session.commit()
+    assert state_of(db_session, message_id) == MessageState.UNKNOWN.value
+    assert store.sids_on_record(db_session, [SID, "SM" + "6" * 32]) == {SID}
+
+
 # Every write to these tables lives in one module; a second writer would bypass the table above.
 OWNERS = {
     r"(INSERT\s+INTO|UPDATE|DELETE\s+FROM)\s+message_counts\b": "shared/messages/counts.py",

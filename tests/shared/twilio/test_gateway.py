@@ -8,7 +8,6 @@ import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -117,7 +116,7 @@ def test_an_accepted_message_has_twilios_sid_and_status(settings: Settings, simu
 
 @pytest.mark.parametrize(
     ("to", "code"),
-    [("+150055500011234", 21211), ("+150055500041234", 21610), ("+150055500091234", 21614)],
+    [("+15015550001", 21211), ("+15015550004", 21610), ("+15015550009", 21614)],
 )
 def test_refused_numbers_are_permanent_failures_with_twilios_code(
     settings: Settings, simulator: Any, to: str, code: int
@@ -156,7 +155,7 @@ def test_a_500_is_ambiguous_never_retryable(settings: Settings, simulator: Any) 
 def test_no_answer_within_the_timeout_is_ambiguous_and_the_timeout_holds(settings: Settings, simulator: Any) -> None:
     simulator.configure(slow_ms=1500)
     started = time.monotonic()
-    outcome = send(settings.replace(twilio_request_timeout_seconds=0.5), "+150055500201234")  # answers after slow_ms
+    outcome = send(settings.replace(twilio_request_timeout_seconds=0.5), "+15015550020")  # answers after slow_ms
     elapsed = time.monotonic() - started
     time.sleep(max(0.0, 2.0 - elapsed))  # let the simulator finish it, so it does not count in the next test
 
@@ -174,30 +173,46 @@ def test_connection_refused_is_retryable(settings: Settings) -> None:
     assert "connection" in outcome.reason
 
 
-def test_find_messages_lists_what_twilio_has_for_a_number_since_a_time(settings: Settings, simulator: Any) -> None:
-    before = datetime.now(UTC) - timedelta(seconds=5)
+def test_messages_to_lists_every_message_to_a_number_queued_ones_included_page_by_page(
+    settings: Settings, simulator: Any
+) -> None:
+    simulator.configure_pool(senders=[{"type": "long_code", "count": 1, "segments_per_second": 0.1}])
 
-    async def use(gateway: TwilioGateway) -> tuple[Any, Any, Any, Any]:
-        sent = await gateway.send("+15551230006", "reconcile me")
-        found = await gateway.find_messages("+15551230006", before)
-        other_number = await gateway.find_messages("+15551230007", before)
-        too_late = await gateway.find_messages("+15551230006", datetime.now(UTC) + timedelta(minutes=5))
-        return sent, found, other_number, too_late
+    async def use(gateway: TwilioGateway) -> tuple[list[SendOutcome], Any, Any]:
+        sent = [await gateway.send("+15551230006", f"reconcile me {n}") for n in range(5)]
+        listed = await gateway.messages_to("+15551230006", page_size=2)  # three pages
+        other_number = await gateway.messages_to("+15551230007")
+        return sent, listed, other_number
 
-    sent, found, other_number, too_late = with_gateway(settings, use)
+    sent, listed, other_number = with_gateway(settings, use)
 
-    assert isinstance(sent, Accepted)
-    assert [(message.sid, message.body) for message in found] == [(sent.sid, "reconcile me")]
-    assert other_number == [] and too_late == []
+    assert all(isinstance(outcome, Accepted) for outcome in sent)
+    assert [message.sid for message in listed] == [outcome.sid for outcome in reversed(sent)]  # type: ignore[union-attr]
+    assert [message.body for message in listed] == [f"reconcile me {n}" for n in reversed(range(5))]
+    # The first left its sender at once; the others wait in its queue at Twilio, without a date_sent.
+    assert listed[-1].date_sent is not None and all(message.date_sent is None for message in listed[:-1])
+    assert {message.messaging_service_sid for message in listed} == {settings.twilio_messaging_service_sid}
+    assert {message.direction for message in listed} == {"outbound-api"}
+    assert other_number == []
 
 
-def test_find_messages_raises_when_twilio_cannot_answer(settings: Settings) -> None:
+def test_messages_to_refuses_to_answer_with_an_incomplete_list(settings: Settings, simulator: Any) -> None:
+    async def use(gateway: TwilioGateway) -> Any:
+        for n in range(3):
+            await gateway.send("+15551230009", f"message {n}")
+        return await gateway.messages_to("+15551230009", page_size=1, max_pages=2)
+
+    with pytest.raises(TwilioLookupError, match="more than 2 pages"):
+        with_gateway(settings, use)
+
+
+def test_messages_to_raises_when_twilio_cannot_answer(settings: Settings) -> None:
     closed = f"http://127.0.0.1:{find_free_port()}"
 
     with pytest.raises(TwilioLookupError):
         with_gateway(
             settings.replace(twilio_api_base_url=closed),
-            lambda gateway: gateway.find_messages("+15551230008", datetime.now(UTC)),
+            lambda gateway: gateway.messages_to("+15551230008"),
         )
 
 
