@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
@@ -34,6 +37,7 @@ from shared.broadcasts.intake import (
     get_broadcast,
     list_broadcasts,
     list_messages,
+    number_rules_for,
 )
 from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
@@ -85,8 +89,31 @@ def _idempotency_key() -> str | None:
     return key
 
 
+@contextmanager
+def _cyclic_garbage_collection_paused() -> Iterator[None]:
+    """Python's cyclic collector off for the duration of a request.
+
+    A million-recipient body is millions of new lists, dicts and tuples, and every 700 new containers the collector
+    runs, its older generations walking the whole, growing heap again: `json.loads` of a million template
+    recipients took five times as long with it on. None of these objects form cycles, so reference counting frees
+    them all; the collector runs again on the next allocations after the request.
+    """
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 @blueprint.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
+    with _cyclic_garbage_collection_paused():
+        return _create()
+
+
+def _create() -> tuple[Response, int, dict[str, str]]:
     started = time.perf_counter()
     api_key = require_api_key()
     # A CSV (api.csv_intake) gives the same request; `csv_lines` maps recipients to CSV lines for reports.
@@ -123,6 +150,7 @@ def create() -> tuple[Response, int, dict[str, str]]:
             idempotency_key=idempotency_key,
             pricing=pricing,
             smart_encoding=settings.smart_encoding,
+            number_rules=number_rules_for(broadcast_request, api_key, settings),
         )
     except InvalidRecipientsError as error:
         raise ApiProblem(

@@ -65,7 +65,16 @@ BROADCAST_ID_EXAMPLE = "6f1d0c5e-8a53-4a4e-9a53-6c7d0e0b8f11"
 BROADCAST_EXAMPLE: dict[str, Any] = {
     "id": BROADCAST_ID_EXAMPLE,
     "status": "scheduled",
-    "recipients": {"received": 3, "accepted": 3, "duplicates": 0, "invalid": 0, "opted_out": 0, "deferred": 0},
+    "recipients": {
+        "received": 3,
+        "accepted": 3,
+        "duplicates": 0,
+        "invalid": 0,
+        "opted_out": 0,
+        "deferred": 0,
+        "not_valid": 0,
+        "by_country": {"GB": 2, "US": 1},
+    },
     "invalid": [],
     "message": {
         "characters": 44,
@@ -77,7 +86,13 @@ BROADCAST_EXAMPLE: dict[str, Any] = {
         "template": False,
         "mms": False,
     },
-    "cost": {"estimated": 0.0249, "currency": "USD", "price_per_segment": 0.0083, "price_per_segment_by_prefix": {}},
+    "cost": {
+        "estimated": 0.0249,
+        "currency": "USD",
+        "price_per_segment": 0.0083,
+        "price_per_segment_by_country": {},
+        "price_per_segment_by_prefix": {},
+    },
     "chunks": 1,
     "created_at": "2026-11-29T16:58:01.123456+00:00",
     "enqueued_at": None,

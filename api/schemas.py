@@ -89,6 +89,8 @@ class BroadcastSchema(Schema):
             "invalid": broadcast.recipients_invalid,
             "opted_out": broadcast.recipients_opted_out or 0,
             "deferred": broadcast.recipients_deferred or 0,
+            "not_valid": broadcast.recipients_not_valid or 0,
+            "by_country": broadcast.recipients_by_country or {},
         }
     )
     invalid = fields.List(fields.Dict(), attribute="invalid_sample")

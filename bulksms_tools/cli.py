@@ -189,7 +189,7 @@ def print_banner(stack: LocalStack, hints: bool = True) -> None:
 
 
 def demo_numbers(count: int) -> list[str]:
-    """`count` distinct numbers in the fictional +1 555 range, which the simulator accepts."""
+    """`count` distinct ten-digit numbers in the unassigned area code 555: possible, so accepted, and nobody's."""
     return [f"+1555{index:07d}" for index in range(count)]
 
 
@@ -370,14 +370,38 @@ def keys() -> None:
 
 @keys.command("create")
 @click.argument("name")
-def keys_create(name: str) -> None:
+@click.option(
+    "--default-region",
+    metavar="CC",
+    help="Country (ISO code, e.g. GB) whose national numbers this key's recipients may be written as "
+    "(over DEFAULT_REGION; a broadcast's own default_region wins).",
+)
+@click.option(
+    "--allowed-countries",
+    metavar="CC,CC",
+    help="Countries (ISO codes, comma-separated) this key's recipients may be in, within ALLOWED_COUNTRIES.",
+)
+def keys_create(name: str, default_region: str | None, allowed_countries: str | None) -> None:
     """Create an API key called NAME and print it (once)."""
+    from shared.compliance.phone_numbers import check_country_codes, check_default_region
     from shared.platform.api_keys import create_api_key
 
+    try:
+        region = check_default_region(default_region)
+        countries = check_country_codes(allowed_countries) if allowed_countries is not None else None
+    except ValueError as error:
+        error_console.print(f"[bold red]error:[/] {error}")
+        sys.exit(2)
+    if countries is not None and not countries:
+        error_console.print("[bold red]error:[/] --allowed-countries needs at least one country code")
+        sys.exit(2)
     with database_session(load_settings()) as session:
-        api_key, plaintext = create_api_key(session, name)
+        api_key, plaintext = create_api_key(session, name, default_region=region, allowed_countries=countries)
         key_id, signing_secret = api_key.id, api_key.signing_secret
-    console.print(f"created API key {key_id} ({name}):")
+    rules = [f"default region {region}"] if region else []
+    if countries:
+        rules.append("allowed countries " + ", ".join(sorted(countries)))
+    console.print(f"created API key {key_id} ({name}{'; ' + '; '.join(rules) if rules else ''}):")
     click.echo(plaintext)
     console.print("signing secret (verifies the X-Bulksms-Signature of completion callbacks):")
     click.echo(signing_secret)
@@ -393,16 +417,24 @@ def keys_list() -> None:
 
     with database_session(load_settings()) as session:
         rows = [
-            (str(key.id), key.name, f"bsk_{key.prefix}_…", f"{key.created_at:%Y-%m-%d %H:%M}", key.revoked_at)
+            (
+                str(key.id),
+                key.name,
+                f"bsk_{key.prefix}_…",
+                f"{key.created_at:%Y-%m-%d %H:%M}",
+                key.default_region or "",
+                ",".join(key.allowed_countries) if key.allowed_countries is not None else "",
+                key.revoked_at,
+            )
             for key in list_api_keys(session)
         ]
     if not rows:
         console.print("no API keys yet: create one with `bulksms keys create NAME`")
         return
-    table = Table("id", "name", "key", "created", "status")
-    for key_id, key_name, prefix, created, revoked_at in rows:
+    table = Table("id", "name", "key", "created", "default region", "allowed countries", "status")
+    for key_id, key_name, prefix, created, region, countries, revoked_at in rows:
         status = f"[red]revoked {revoked_at:%Y-%m-%d %H:%M}[/]" if revoked_at else "[green]active[/]"
-        table.add_row(key_id, key_name, prefix, created, status)
+        table.add_row(key_id, key_name, prefix, created, region, countries, status)
     console.print(table)
 
 

@@ -217,6 +217,43 @@ class SimulatorControl:
         response.raise_for_status()
         return dict(response.json())
 
+    def configure_pool(self, **options: Any) -> dict[str, Any]:
+        """Change the Messaging Service's sender pool (docs/simulator.md), e.g.
+        `configure_pool(senders=[{"type": "long_code", "count": 10, "segments_per_second": 5}])`."""
+        response = requests.post(f"{self.url}/_simulator/pool", json=options, timeout=10)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def pool(self) -> dict[str, Any]:
+        """The pool now: queue lengths and peaks, what was transmitted and when, 30001 / 30036 / ... counts."""
+        response = requests.get(f"{self.url}/_simulator/pool", timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def transmissions(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """Messages and segments that left the senders' queues between two simulator-clock times."""
+        query = {name: value for name, value in (("since", since), ("until", until)) if value is not None}
+        response = requests.get(f"{self.url}/_simulator/transmissions", params=query, timeout=30)
+        response.raise_for_status()
+        return dict(response.json())
+
+    def received(self, to: str) -> list[dict[str, Any]]:
+        """What reached "Twilio" for one number, oldest first (body, status, sender, created and sent times)."""
+        response = requests.get(f"{self.url}/_simulator/messages", params={"to": to}, timeout=10)
+        response.raise_for_status()
+        return list(response.json()["messages"])
+
+    def advance_clock(self, seconds: float) -> float:
+        """Move the simulator's clock forward (a day of queues and caps in an instant); returns its new time."""
+        response = requests.post(f"{self.url}/_simulator/clock", json={"advance_seconds": seconds}, timeout=10)
+        response.raise_for_status()
+        return float(response.json()["now"])
+
+    def now(self) -> float:
+        response = requests.get(f"{self.url}/_simulator/clock", timeout=10)
+        response.raise_for_status()
+        return float(response.json()["now"])
+
 
 @pytest.fixture
 def simulator(simulator_url: str) -> SimulatorControl:

@@ -40,9 +40,10 @@ def create_api_key(session: Session, name: str = "tests") -> ApiKey:
 
 
 def numbers(count: int, prefix: str = "+1555") -> list[str]:
-    """`count` distinct E.164 numbers that the simulator accepts (or a magic prefix's outcome)."""
-    width = 15 - (len(prefix) - 1)
-    return [f"{prefix}{index:0{min(width, 7)}d}" for index in range(count)]
+    """`count` distinct North American numbers (ten digits after +1) starting with `prefix`."""
+    width = len("+12025550100") - len(prefix)
+    assert count <= 10**width, f"{prefix} leaves room for {10**width} numbers"
+    return [f"{prefix}{index:0{width}d}" for index in range(count)]
 
 
 def create_broadcast(
@@ -85,6 +86,8 @@ def create_broadcast(
         recipients_duplicates=accepted.duplicates,
         recipients_invalid=0,
         invalid_sample=[],
+        recipients_by_country=accepted.per_country(),
+        recipients_not_valid=accepted.not_valid,
         chunk_size=chunk_size,
         chunk_count=math.ceil(len(accepted.numbers) / chunk_size),
     )

@@ -1,8 +1,9 @@
-"""Recipient numbers that force an outcome, matched by their first 12 characters.
+"""Recipient numbers that force an outcome: `+1 5XX 555 00YY`, where the last four digits pick it.
 
-Every magic prefix is `+1500555` followed by four digits, so `+15005550013` and `+150055500131234` (E.164
-allows 15 digits) behave the same: tests can use many distinct numbers with one outcome. The `+1500555000x`
-prefixes keep the meaning Twilio gives its own test numbers; the others are ours.
+The area code is free among 500 to 599, so `+15005550013`, `+15015550013` … `+15995550013` all behave the same:
+tests have a hundred distinct numbers for each outcome (`magic_variant`). Every one is a possible North American
+number (ten digits after +1), so intake accepts them like any other. `+1 500 555 000Y` keep the meaning Twilio
+gives its own test numbers; the others are ours.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-MAGIC_PREFIX_LENGTH = 12
-MAGIC_NUMBER_START = "+1500555"
+MAGIC_NUMBER_START = "+1500555"  # the canonical form: area code 500
+MAGIC_VARIANTS = 100  # area codes 500 to 599
 
 
 class MagicKind(Enum):
@@ -24,7 +25,7 @@ class MagicKind(Enum):
 
 @dataclass(frozen=True)
 class MagicNumber:
-    prefix: str
+    number: str  # canonical, area code 500
     kind: MagicKind
     error_code: int | None
     final_status: str | None  # for DELIVERY_FAILS: "undelivered" or "failed"
@@ -32,7 +33,7 @@ class MagicNumber:
 
 
 MAGIC_NUMBERS: dict[str, MagicNumber] = {
-    magic.prefix: magic
+    magic.number: magic
     for magic in (
         MagicNumber("+15005550001", MagicKind.REJECTED, 21211, None, "invalid 'To' number (Twilio's test number)"),
         MagicNumber("+15005550002", MagicKind.REJECTED, 21612, None, "cannot route to this number (Twilio's)"),
@@ -75,6 +76,14 @@ DELIVERY_ERROR_MESSAGES: dict[int, str] = {
 
 def magic_number_for(to: str) -> MagicNumber | None:
     """The forced outcome for this recipient, or None for an ordinary number."""
-    if not to.startswith(MAGIC_NUMBER_START):
+    # +1 5XX 555 00YY: "+15" area-code tail (2 digits), exchange "555", line "00YY".
+    if len(to) != len(MAGIC_NUMBER_START) + 4 or not to.startswith("+15") or to[5:10] != "55500":
         return None
-    return MAGIC_NUMBERS.get(to[:MAGIC_PREFIX_LENGTH])
+    return MAGIC_NUMBERS.get(MAGIC_NUMBER_START + to[8:])
+
+
+def magic_variant(number: str, variant: int) -> str:
+    """Another recipient with the outcome of the magic `number`: variant 0 to 99 is area code 500 to 599."""
+    if number not in MAGIC_NUMBERS or not 0 <= variant < MAGIC_VARIANTS:
+        raise ValueError(f"no variant {variant} of magic number {number}")
+    return f"+15{variant:02d}{number[5:]}"

@@ -22,17 +22,11 @@ from shared.broadcasts.segments import (
     UCS2_MULTIPART_UNITS,
     UCS2_SINGLE_SEGMENT_UNITS,
     count_segments,
+    may_join_previous,
 )
 from shared.broadcasts.smart_encoding import smart_encode
 from shared.broadcasts.templates import MessageTemplate, Placeholder, parse_template
-from shared.compliance.phone_numbers import (
-    MAX_REPORTED_INVALID,
-    InvalidRecipient,
-    NormalisedRecipients,
-    _invalid_reason,
-    normalise_phone_number,
-    normalise_recipients,
-)
+from shared.compliance.phone_numbers import NormalisedRecipients, NumberRules, RecipientNumberReader
 
 MAX_RENDERED_CHARACTERS = 1_600
 MAX_REPORTED_UCS2_CHARACTERS = 100
@@ -65,9 +59,13 @@ class ContentLimitError(ContentError):
 
 @dataclass(frozen=True)
 class Pricing:
+    """The price per segment of a number: the longest PRICE_TABLE prefix it starts with, else its country's PRICE_TABLE
+    entry, else PRICE_PER_SEGMENT."""
+
     price_per_segment: Decimal
     by_prefix: Mapping[str, Decimal] = field(default_factory=dict)
     currency: str = "USD"
+    by_country: Mapping[str, Decimal] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, settings: Any) -> Pricing:
@@ -75,15 +73,16 @@ class Pricing:
             Decimal(str(settings.price_per_segment)),
             {prefix: Decimal(str(price)) for prefix, price in settings.price_by_prefix.items()},
             settings.price_currency,
+            {country: Decimal(str(price)) for country, price in settings.price_by_country.items()},
         )
 
-    def price_for(self, number: str) -> Decimal:
-        """The price per segment for `number`: the longest PRICE_TABLE prefix it starts with, else the default."""
+    def price_for(self, number: str, country: str | None = None) -> Decimal:
+        """The price per segment for `number` (in `country`, an ISO code)."""
         for length in self._prefix_lengths:
             price = self.by_prefix.get(number[:length])
             if price is not None:
                 return price
-        return self.price_per_segment
+        return self.by_country.get(country or "", self.price_per_segment)
 
     @property
     def _prefix_lengths(self) -> list[int]:
@@ -93,19 +92,21 @@ class Pricing:
         return {
             "currency": self.currency,
             "price_per_segment": float(self.price_per_segment),
+            "price_per_segment_by_country": {country: float(price) for country, price in self.by_country.items()},
             "price_per_segment_by_prefix": {prefix: float(price) for prefix, price in self.by_prefix.items()},
         }
 
 
 @dataclass(frozen=True, slots=True)
 class _Profile:
-    """How a piece of text counts: septets if GSM-7 (else None), UCS-2 units, and whether exact packing matters."""
+    """How a piece of text counts: septets if GSM-7 (else None), UCS-2 units, and whether exact packing matters
+    (characters of two septets or two units, or ones that form a cluster with their neighbour, which a segment
+    boundary may not split)."""
 
     characters: int
     septets: int | None
     units: int
-    has_extension: bool
-    has_astral: bool
+    needs_exact_count: bool
 
 
 # Any character that is not one GSM-7 septet. Text without one is GSM-7 at one septet per character, and Smart
@@ -115,17 +116,16 @@ _NOT_BASIC_GSM7 = re.compile("[^" + "".join(re.escape(ch) for ch in sorted(GSM7_
 
 def _profile(text: str) -> _Profile:
     if _NOT_BASIC_GSM7.search(text) is None:  # the common case, without a loop over characters
-        return _Profile(len(text), len(text), len(text), False, False)
+        return _Profile(len(text), len(text), len(text), False)
     is_gsm = all(ch in _GSM7 for ch in text)
     extension = sum(1 for ch in text if ch in GSM7_EXTENSION_CHARACTERS) if is_gsm else 0
     astral = sum(1 for ch in text if ord(ch) > 0xFFFF)
-    return _Profile(len(text), len(text) + extension if is_gsm else None, len(text) + astral, extension > 0, astral > 0)
+    exact = extension > 0 or astral > 0 or may_join_previous(text)
+    return _Profile(len(text), len(text) + extension if is_gsm else None, len(text) + astral, exact)
 
 
 def _segments_for(septets: int | None, units: int) -> int:
     if septets is not None:
-        if septets == 0:
-            return 0
         return 1 if septets <= GSM7_SINGLE_SEGMENT_SEPTETS else -(-septets // GSM7_MULTIPART_SEPTETS)
     return 1 if units <= UCS2_SINGLE_SEGMENT_UNITS else -(-units // UCS2_MULTIPART_UNITS)
 
@@ -156,24 +156,19 @@ class ContentReport:
     mms: bool = False
 
 
-@dataclass
-class PreparedContent:
-    recipients: NormalisedRecipients
-    template: MessageTemplate
-    indexes: list[int] | None = None  # request index of each kept number (template path only)
-    variables: list[dict[str, str] | None] | None = None  # per kept number, template path only
-
-    @property
-    def is_template(self) -> bool:
-        return self.template.has_placeholders
-
-
 def _clean_variables(raw: Any) -> dict[str, str] | str | None:
     """The `vars` object with values as strings; a string is the reason it is refused."""
     if raw is None:
         return None
-    if not isinstance(raw, dict):
+    if type(raw) is not dict:
         return "vars must be an object"
+    for value in raw.values():
+        if type(value) is not str or "\x00" in value:
+            return _converted_variables(raw)
+    return raw  # the common case: text values only, kept as they are
+
+
+def _converted_variables(raw: dict[str, Any]) -> dict[str, str] | str:
     cleaned: dict[str, str] = {}
     for name, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, str | int | float):
@@ -185,61 +180,77 @@ def _clean_variables(raw: Any) -> dict[str, str] | str | None:
     return cleaned
 
 
-def has_recipient_objects(entries: Sequence[Any]) -> bool:
-    return any(type(entry) is dict for entry in entries)
+class PreparedContent:
+    """A request's message and its recipients, read a batch at a time (`read_more`) or at once (`read_all`).
 
-
-def normalise_recipient_entries(
-    entries: Sequence[Any], names: Sequence[str]
-) -> tuple[NormalisedRecipients, list[int], list[dict[str, str] | None]]:
-    """Like `normalise_recipients`, for entries that may be `{"to": ..., "vars": {...}}` objects.
-
-    Keeps, for each kept number, its request index and the variables the template uses (None when none).
+    Intake stores the numbers read so far while it reads the rest: PostgreSQL's COPY runs in its own process, so
+    reading and storing a million recipients use both cores. Entries may be numbers or `{"to": ..., "vars": {...}}`
+    objects; for a template, the request index and the variables the template uses (None when none) are kept per
+    number. A plain message ignores `vars`, but a malformed one still makes its entry invalid.
     """
-    result = NormalisedRecipients()
-    seen: set[str] = set()
-    indexes: list[int] = []
-    variables: list[dict[str, str] | None] = []
-    wanted = frozenset(names)
-    for index, entry in enumerate(entries):
-        reason: str | None = None
-        values: dict[str, str] | None = None
-        if type(entry) is dict:
-            raw = entry.get("to")
-            cleaned = _clean_variables(entry.get("vars"))
-            if isinstance(cleaned, str):
-                reason = cleaned
-            elif cleaned:
-                values = {name: value for name, value in cleaned.items() if name in wanted} or None
+
+    def __init__(self, template: MessageTemplate, entries: Sequence[Any], rules: NumberRules | None = None) -> None:
+        self.template = template
+        self._entries = enumerate(entries)
+        self._reader = RecipientNumberReader(rules)
+        self._names = frozenset(template.names) if template.has_placeholders else None
+        self.indexes: list[int] | None = [] if template.has_placeholders else None  # request index per number
+        self.variables: list[dict[str, str] | None] | None = [] if template.has_placeholders else None
+        self.done = False
+
+    @property
+    def recipients(self) -> NormalisedRecipients:
+        return self._reader.result
+
+    @property
+    def is_template(self) -> bool:
+        return self.template.has_placeholders
+
+    def read_more(self, count: int) -> int:
+        """Read entries until `count` more numbers are kept or none is left; returns how many were kept."""
+        read = self._reader.read
+        result = self._reader.result
+        names, indexes, variables = self._names, self.indexes, self.variables
+        kept_before = len(result.numbers)
+        enough = kept_before + count
+        for index, entry in self._entries:
+            values: dict[str, str] | None = None
+            if type(entry) is dict:
+                raw = entry.get("to")
+                cleaned = _clean_variables(entry.get("vars"))
+                if isinstance(cleaned, str) or raw is None:
+                    result.count_invalid(index, raw, cleaned if isinstance(cleaned, str) else "missing 'to'")
+                    continue
+                if cleaned and names:
+                    # Names the template does not use are dropped; usually there are none to drop.
+                    values = cleaned if cleaned.keys() <= names else {n: v for n, v in cleaned.items() if n in names}
+                    values = values or None
+            else:
+                raw = entry
+            if read(index, raw):
+                if indexes is not None and variables is not None:
+                    indexes.append(index)
+                    variables.append(values)
+                if len(result.numbers) >= enough:
+                    break
         else:
-            raw = entry
-        number = normalise_phone_number(raw) if isinstance(raw, str) and reason is None else None
-        if number is None:
-            result.invalid_count += 1
-            if len(result.invalid_sample) < MAX_REPORTED_INVALID:
-                if reason is None:
-                    reason = "missing 'to'" if type(entry) is dict and raw is None else _invalid_reason(raw)
-                result.invalid_sample.append(InvalidRecipient(index, raw, reason))
-        elif number in seen:
-            result.duplicates += 1
-        else:
-            seen.add(number)
-            result.numbers.append(number)
-            indexes.append(index)
-            variables.append(values)
-    return result, indexes, variables
+            self.done = True
+        return len(result.numbers) - kept_before
+
+    def read_all(self) -> PreparedContent:
+        while not self.done:
+            self.read_more(1 << 62)
+        return self
 
 
-def prepare_recipients(message: str, entries: Sequence[Any]) -> PreparedContent:
-    """Parse the message and normalise the recipients; per-recipient variables only for a template."""
-    template = parse_template(message)
-    if template.has_placeholders:
-        recipients, indexes, variables = normalise_recipient_entries(entries, template.names)
-        return PreparedContent(recipients, template, indexes, variables)
-    recipients = normalise_recipients(entries)
-    if recipients.invalid_count and has_recipient_objects(entries):
-        recipients, _, _ = normalise_recipient_entries(entries, ())
-    return PreparedContent(recipients, template)
+def start_reading(message: str, entries: Sequence[Any], rules: NumberRules | None = None) -> PreparedContent:
+    """The parsed message, with its recipients yet to read (`read_more`, `read_all`)."""
+    return PreparedContent(parse_template(message), entries, rules)
+
+
+def prepare_recipients(message: str, entries: Sequence[Any], rules: NumberRules | None = None) -> PreparedContent:
+    """Parse the message and read every recipient; per-recipient variables only for a template."""
+    return start_reading(message, entries, rules).read_all()
 
 
 def check_template_recipients(content: PreparedContent) -> None:
@@ -250,13 +261,14 @@ def check_template_recipients(content: PreparedContent) -> None:
     problems: list[dict[str, Any]] = []
     count = 0
     literal_length = len(template.literal_text)
-    required = any(isinstance(part, Placeholder) and part.default is None for part in template.parts)
+    required = frozenset(part.name for part in template.parts if isinstance(part, Placeholder) and part.default is None)
     for position, values in enumerate(content.variables):
-        missing = template.missing_names(values) if required else []
+        # Most recipients give every required name: one set comparison instead of walking the template.
+        missing = template.missing_names(values) if required and not required <= (values or {}).keys() else []
         problem: dict[str, Any] | None = None
         if missing:
             problem = {"missing": missing}
-        elif literal_length + sum(len(value) for value in (values or {}).values()) > MAX_RENDERED_CHARACTERS:
+        elif values and literal_length + sum(map(len, values.values())) > MAX_RENDERED_CHARACTERS:
             length = len(template.render(values))
             if length > MAX_RENDERED_CHARACTERS:
                 problem = {"reason": f"the message renders to {length:,} characters, over {MAX_RENDERED_CHARACTERS:,}"}
@@ -269,16 +281,17 @@ def check_template_recipients(content: PreparedContent) -> None:
         raise TemplateRecipientsError(count, problems)
 
 
-def _prices(numbers: Sequence[str], pricing: Pricing) -> list[Decimal] | None:
+def _prices(numbers: Sequence[str], countries: Sequence[str], pricing: Pricing) -> list[Decimal] | None:
     """The price per segment of each number, or None when every number has the default price."""
-    if not pricing.by_prefix:
+    if not pricing.by_prefix and not pricing.by_country:
         return None
     lengths = pricing._prefix_lengths
     by_prefix = pricing.by_prefix
+    by_country = pricing.by_country
     default = pricing.price_per_segment
     prices = []
-    for number in numbers:
-        price = default
+    for number, country in zip(numbers, countries, strict=True):
+        price = by_country.get(country, default)
         for length in lengths:
             found = by_prefix.get(number[:length])
             if found is not None:
@@ -303,7 +316,7 @@ def report_content(
         characters = len(content.template.literal_text if content.is_template else message)
         encoding = "UCS-2" if ucs2_characters(message, smart_encoded) else "GSM-7"
         return ContentReport(encoding, characters, 1, None, None, None, None, mms=True)
-    prices = _prices(numbers, pricing)
+    prices = _prices(numbers, content.recipients.countries, pricing)
     if not content.is_template:
         body = content.template.literal_text  # `{{` / `}}` unescaped
         count = count_segments(smart_encode(body) if smart_encoded else body)
@@ -333,7 +346,7 @@ def _report_template(
     for profile in literal_profiles:
         base_characters += profile.characters
         base_units += profile.units
-        base_exact = base_exact or profile.has_extension or profile.has_astral
+        base_exact = base_exact or profile.needs_exact_count
         base_septets = None if base_septets is None or profile.septets is None else base_septets + profile.septets
     placeholders = [part for part in template.parts if isinstance(part, Placeholder)]
     value_profiles: dict[str, _Profile] = {}
@@ -363,7 +376,7 @@ def _report_template(
             profile = cached_profile
             characters += profile.characters
             units += profile.units
-            exact = exact or profile.has_extension or profile.has_astral
+            exact = exact or profile.needs_exact_count
             septets = None if septets is None or profile.septets is None else septets + profile.septets
         ucs2 = septets is None
         if exact:

@@ -4,12 +4,14 @@ Pure apart from reading the lines it is given, one row at a time, so a million-r
 string. Each row becomes the recipient entry intake already takes: the number as a string, or
 `{"to": number, "vars": {...}}` when the row has values for the variable columns. Line numbers are kept
 compactly (only where rows and lines drift apart: blank lines, quoted line breaks) so bad rows can be reported
-by the line a spreadsheet shows.
+by the line a spreadsheet shows. Spreadsheets' habits are accepted: a byte-order mark, `;` between cells (Excel
+where the decimal mark is a comma), and phone cells kept as text with a leading `'` or a formula `="+44…"`.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 from bisect import bisect_right
 from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +19,7 @@ from typing import Any
 
 DEFAULT_PHONE_COLUMN = "phone"
 _BYTE_ORDER_MARK = "\ufeff"
+DELIMITERS = (",", ";")
 
 
 class CsvRecipientsError(ValueError):
@@ -64,6 +67,33 @@ class LineNumbers:
         return [{**entry, "line": self.line_of(entry["index"])} for entry in entries]
 
 
+def guess_delimiter(header_line: str) -> str:
+    """`;` when the header row has more semicolons than commas outside quotes, else `,`."""
+    counts = dict.fromkeys(DELIMITERS, 0)
+    quoted = False
+    for character in header_line:
+        if character == '"':
+            quoted = not quoted
+        elif not quoted and character in counts:
+            counts[character] += 1
+    return ";" if counts[";"] > counts[","] else ","
+
+
+def phone_cell(cell: str) -> str:
+    """The number in a phone cell a spreadsheet wrote as text: `'+447700900123`, `="+447700900123"`, `=+44…`."""
+    if cell[:1] not in ("'", "=", " "):  # most cells: nothing to undo
+        return cell
+    text = cell.strip()
+    if text.startswith("'"):
+        return text[1:]
+    if text.startswith("="):
+        text = text[1:].strip()
+        if len(text) >= 2 and text[0] == text[-1] == '"':
+            text = text[1:-1]
+        return text
+    return cell
+
+
 class CsvRecipientReader:
     """Reads the header at once, then yields one recipient entry per data row as it is iterated.
 
@@ -78,7 +108,13 @@ class CsvRecipientReader:
         phone_column: str = DEFAULT_PHONE_COLUMN,
         variable_names: Collection[str] | None = None,
     ) -> None:
-        self._reader = csv.reader(lines, strict=True)  # refuse a stray quote rather than guess
+        lines = iter(lines)
+        first_line = next(lines, None)
+        if first_line is not None:
+            lines = itertools.chain((first_line,), lines)
+        self.delimiter = guess_delimiter(first_line or "")
+        # strict: refuse a stray quote rather than guess
+        self._reader = csv.reader(lines, delimiter=self.delimiter, strict=True)
         self.line_numbers = LineNumbers()
         header = self._next_row()
         if header is None:
@@ -123,7 +159,7 @@ class CsvRecipientReader:
             if not any(cell.strip() for cell in row):
                 continue  # a blank line, or a row of empty cells
             width = len(row)  # a short row's missing cells are empty
-            number = row[phone_position] if phone_position < width else ""
+            number = phone_cell(row[phone_position]) if phone_position < width else ""
             values = {name: row[position] for position, name in variable_columns if position < width and row[position]}
             record(index, first_line)
             index += 1

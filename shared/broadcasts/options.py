@@ -27,6 +27,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from shared.broadcasts.media import MAX_MEDIA_URLS, MAX_VALIDITY_PERIOD_SECONDS, media_url_problem
 from shared.broadcasts.templates import TemplateSyntaxError, parse_template
+from shared.compliance.phone_numbers import check_default_region
 from shared.compliance.quiet_hours import HH_MM_PATTERN
 from shared.platform.urls import callback_url_problem
 
@@ -187,6 +188,13 @@ def _has_no_control_characters(text: str) -> None:
         raise ValidationError("Must not contain control characters (tabs, line breaks, NUL, ...).")
 
 
+def _is_a_region(region: str) -> None:
+    try:
+        check_default_region(region)
+    except ValueError as error:
+        raise ValidationError(str(error).replace("'", "`", 2) + ".") from None
+
+
 def _is_a_media_url(url: str) -> None:
     problem = media_url_problem(url)
     if problem is not None:
@@ -337,6 +345,28 @@ BROADCAST_OPTIONS: tuple[BroadcastOption, ...] = (
         shown_in=EVERY_VIEW,
         response_field=fields.String(),
         filterable=True,
+    ),
+    BroadcastOption(
+        "default_region",
+        fields.String(load_default=None, validate=_is_a_region),
+        "Optional ISO 3166-1 alpha-2 country code (`GB`): recipients may be written as national numbers of that "
+        "country (`07700 900123`). Without it the API key's default region applies, then the `DEFAULT_REGION` "
+        "setting; without any, only international numbers (`+44…`, `0044…`). Shown back as the region used.",
+        "GB",
+        columns=("default_region",),
+        shown_in=frozenset({View.BROADCAST}),
+        response_field=fields.String(),
+        to_request=check_default_region,
+    ),
+    BroadcastOption(
+        "strict_numbers",
+        fields.Boolean(load_default=None),
+        "Optional boolean: also refuse numbers that have a possible length but are in no range libphonenumber "
+        "knows as assigned (reason `not a valid number for …`); published fictional ranges are always accepted.",
+        True,
+        columns=("strict_numbers",),
+        shown_in=frozenset({View.BROADCAST}),
+        response_field=fields.Boolean(),
     ),
     BroadcastOption(
         "dry_run",

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from shared.compliance.phone_numbers import _invalid_reason, normalise_phone_number
+from shared.compliance.phone_numbers import InvalidPhoneNumber, echo_value, parse_phone_number
 from shared.messages import store as message_store
 
 # Twilio's default opt-out, opt-in and help keywords (Advanced Opt-Out uses the same by default).
@@ -159,11 +159,12 @@ def import_opt_outs_csv(session: Session, content: str, *, default_reason: str |
     seen: set[str] = set()
     for row in reader:
         raw = (row.get("phone") or "").strip()
-        number = normalise_phone_number(raw)
-        if number is None:
+        try:
+            number = parse_phone_number(raw).e164
+        except InvalidPhoneNumber as error:
             result.invalid_count += 1
             if len(result.invalid) < MAX_REPORTED_INVALID:
-                result.invalid.append({"line": reader.line_num, "value": raw, "reason": _invalid_reason(raw)})
+                result.invalid.append({"line": reader.line_num, "value": echo_value(raw), "reason": error.reason})
             continue
         if number in seen:
             result.already_present += 1
@@ -196,9 +197,8 @@ def normalise_numbers(raw_numbers: Sequence[Any]) -> tuple[list[str], list[dict[
     valid: list[str] = []
     invalid: list[dict[str, Any]] = []
     for index, raw in enumerate(raw_numbers):
-        number = normalise_phone_number(raw) if isinstance(raw, str) else None
-        if number is None:
-            invalid.append({"index": index, "value": raw, "reason": _invalid_reason(raw)})
-        else:
-            valid.append(number)
+        try:
+            valid.append(parse_phone_number(raw).e164)
+        except InvalidPhoneNumber as error:
+            invalid.append({"index": index, "value": echo_value(raw), "reason": error.reason})
     return valid, invalid

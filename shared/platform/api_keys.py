@@ -10,11 +10,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.compliance.phone_numbers import check_country_codes, check_default_region
 from shared.platform.models import ApiKey
 
 KEY_SCHEME = "bsk"
@@ -40,19 +42,33 @@ def _split_key(presented: str) -> tuple[str, str] | None:
     return prefix, secret
 
 
-def create_api_key(session: Session, name: str) -> tuple[ApiKey, str]:
+def create_api_key(
+    session: Session,
+    name: str,
+    *,
+    default_region: str | None = None,
+    allowed_countries: Collection[str] | None = None,
+) -> tuple[ApiKey, str]:
     """Create and commit a key named `name`; return it with its plaintext, which is not stored anywhere.
 
     The key also gets a `signing_secret` (returned on the ApiKey): completion callbacks are signed with it, so it
-    is stored in clear and handed to the client once, with the key.
+    is stored in clear and handed to the client once, with the key. `default_region` and `allowed_countries` (ISO
+    codes; ValueError for an unknown one) apply to the recipients of its broadcasts, over the settings.
     """
+    region = check_default_region(default_region)
+    countries = sorted(check_country_codes(allowed_countries)) if allowed_countries is not None else None
     while True:
         prefix = secrets.token_hex(PREFIX_LENGTH // 2)
         if session.scalar(select(ApiKey.id).where(ApiKey.prefix == prefix)) is None:
             break
     plaintext = f"{KEY_SCHEME}_{prefix}_{secrets.token_urlsafe(SECRET_BYTES)}"
     api_key = ApiKey(
-        name=name, prefix=prefix, secret_hash=_digest(plaintext), signing_secret=secrets.token_hex(SIGNING_SECRET_BYTES)
+        name=name,
+        prefix=prefix,
+        secret_hash=_digest(plaintext),
+        signing_secret=secrets.token_hex(SIGNING_SECRET_BYTES),
+        default_region=region,
+        allowed_countries=countries,
     )
     session.add(api_key)
     session.commit()

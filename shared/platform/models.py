@@ -27,7 +27,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -77,6 +77,10 @@ class ApiKey(Base):
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Signs the completion callback POSTed to a broadcast's callback_url (HMAC-SHA256); the client keeps a copy.
     signing_secret: Mapped[str | None] = mapped_column(String(64))
+    # The country national numbers are read in for this key's broadcasts that name none (over DEFAULT_REGION),
+    # and the countries its recipients may be in (within ALLOWED_COUNTRIES). Null: the settings alone decide.
+    default_region: Mapped[str | None] = mapped_column(String(2))
+    allowed_countries: Mapped[list[str] | None] = mapped_column(ARRAY(String(3)))
 
 
 class Broadcast(Base):
@@ -129,6 +133,11 @@ class Broadcast(Base):
     client_reference: Mapped[str | None] = mapped_column(String(256))  # the caller's own id for the broadcast
     # Retention removed its body, its recipients' numbers and template values (RETENTION_DAYS after completion).
     redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    default_region: Mapped[str | None] = mapped_column(String(2))  # national numbers were read in this country
+    strict_numbers: Mapped[bool | None] = mapped_column(Boolean)  # numbers outside assigned ranges were refused
+    recipients_by_country: Mapped[dict[str, int] | None] = mapped_column(JSONB)  # accepted recipients per ISO code
+    # Accepted numbers libphonenumber does not know as assigned (fictional ranges aside).
+    recipients_not_valid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),

@@ -15,6 +15,7 @@ from typing import Any, get_type_hints
 
 from dotenv import dotenv_values
 
+from shared.compliance.phone_numbers import check_country_codes, check_default_region
 from shared.twilio.error_codes import DEFAULT_DELIVERY_RETRY_CODES
 
 TWILIO_DEFAULT_API_BASE_URL = "https://api.twilio.com"
@@ -140,10 +141,21 @@ class Settings:
     )
     price_table: str = _env(
         "PRICE_TABLE",
-        "Per-country-prefix prices overriding PRICE_PER_SEGMENT, e.g. '+44=0.04,+33=0.075'",
+        "Prices per country or number prefix overriding PRICE_PER_SEGMENT, e.g. 'GB=0.04,CA=0.0075,+1876=0.05'",
         default="",
     )
     price_currency: str = _env("PRICE_CURRENCY", "Currency of the prices above", default="USD")
+    default_region: str | None = _env(
+        "DEFAULT_REGION",
+        "Country (ISO code) whose national numbers recipients may be written as, unless the broadcast or its "
+        "API key names one; unset: international format only",
+        default=None,
+    )
+    allowed_countries: str = _env(
+        "ALLOWED_COUNTRIES",
+        "Countries (ISO codes, comma-separated) recipients may be in, as Twilio's geo permissions; unset: any",
+        default="",
+    )
     dashboard_secret_key: str | None = _env(
         "DASHBOARD_SECRET_KEY",
         "Signs dashboard sign-in cookies; unset: derived from TWILIO_AUTH_TOKEN, else random per process",
@@ -177,17 +189,31 @@ class Settings:
     def delivery_retry_codes(self) -> frozenset[int]:
         return frozenset(int(code) for code in self.delivery_retry_error_codes.replace(" ", "").split(",") if code)
 
-    @property
-    def price_by_prefix(self) -> dict[str, float]:
-        """PRICE_TABLE parsed: the longest matching prefix of a number gives its price per segment."""
-        prices = {}
+    def _price_entries(self) -> list[tuple[str, float]]:
+        entries = []
         for entry in self.price_table.replace(" ", "").split(","):
             if entry:
-                prefix, _, price = entry.partition("=")
-                if not prefix.startswith("+") or not prefix[1:].isdigit():
-                    raise ValueError(prefix)
-                prices[prefix] = float(price)
-        return prices
+                key, _, price = entry.partition("=")
+                is_prefix = key.startswith("+") and key[1:].isdigit()
+                if not is_prefix and not (len(key) == 2 and key.isalpha() and key.isascii()):
+                    raise ValueError(key)
+                entries.append((key if is_prefix else key.upper(), float(price)))
+        return entries
+
+    @property
+    def price_by_prefix(self) -> dict[str, float]:
+        """PRICE_TABLE's number prefixes: the longest one a number starts with gives its price per segment."""
+        return {key: price for key, price in self._price_entries() if key.startswith("+")}
+
+    @property
+    def price_by_country(self) -> dict[str, float]:
+        """PRICE_TABLE's countries (ISO codes): the price per segment of a number in it, unless a prefix matches."""
+        return {key: price for key, price in self._price_entries() if not key.startswith("+")}
+
+    @property
+    def allowed_country_codes(self) -> frozenset[str] | None:
+        """ALLOWED_COUNTRIES parsed; None when unset (every country)."""
+        return check_country_codes(self.allowed_countries) if self.allowed_countries.strip() else None
 
     @property
     def twilio_configured(self) -> bool:
@@ -269,7 +295,15 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
     try:
         settings.price_by_prefix  # noqa: B018 - parsed here so a typo fails at start-up
     except ValueError:
-        raise SettingsError("setting PRICE_TABLE must look like '+44=0.04,+33=0.075'") from None
+        raise SettingsError("setting PRICE_TABLE must look like 'GB=0.04,+1876=0.05'") from None
+    try:
+        settings = settings.replace(default_region=check_default_region(settings.default_region))
+    except ValueError as error:
+        raise SettingsError(f"setting DEFAULT_REGION: {error}") from None
+    try:
+        settings.allowed_country_codes  # noqa: B018 - parsed here so a typo fails at start-up
+    except ValueError as error:
+        raise SettingsError(f"setting ALLOWED_COUNTRIES: {error}") from None
     return settings
 
 

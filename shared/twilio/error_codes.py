@@ -98,9 +98,10 @@ _CODES = (
     TwilioErrorCode(
         21211,
         "Invalid 'To' number",
-        "The recipient number is not a valid phone number, even though it has the E.164 shape.",
-        "Correct or remove the number in your list; sending it again will fail the same way. (Numbers that are "
-        "not E.164 at all are already refused at intake.)",
+        "The recipient number is not a valid phone number, even though it has a possible length for its country.",
+        "Correct or remove the number in your list; sending it again will fail the same way. (Numbers of an "
+        "impossible length are already refused at intake; with `strict_numbers: true`, so are numbers in no "
+        "assigned range.)",
         on_send=SendErrorBehaviour.PERMANENT,
     ),
     TwilioErrorCode(
@@ -108,7 +109,7 @@ _CODES = (
         "Region not enabled",
         "The account is not allowed to send to the recipient's country or region.",
         "Enable the region in the Twilio console's geographic permissions if you mean to reach it, or drop "
-        "those numbers.",
+        "those numbers. Set `ALLOWED_COUNTRIES` to the same countries and intake refuses the others up front.",
         on_send=SendErrorBehaviour.PERMANENT,
     ),
     TwilioErrorCode(

@@ -53,6 +53,8 @@ def test_accepts_a_broadcast_stores_every_recipient_and_queues_one_task_per_chun
         "invalid": 0,
         "opted_out": 0,
         "deferred": 0,
+        "not_valid": 250,  # +1 555: a possible length, but an area code no one has
+        "by_country": {"US": 250},
     }
     assert body["invalid"] == []
     assert {key: body["message"][key] for key in ("characters", "encoding", "segments")} == {
@@ -102,6 +104,8 @@ def test_normalises_numbers_and_collapses_duplicates(
         "invalid": 0,
         "opted_out": 0,
         "deferred": 0,
+        "not_valid": 0,
+        "by_country": {"FR": 1, "GB": 1, "US": 1},
     }
     stored = db_session.scalars(select(Message.to_number).order_by(Message.id)).all()
     assert stored == ["+447700900123", "+12025550100", "+33612345678"]
@@ -126,6 +130,21 @@ def test_reject_mode_lists_invalid_entries_and_stores_nothing(
     assert all(entry["reason"] for entry in problem["invalid"])
     assert stored_counts(db_session) == (0, 0)
     assert redis_client.llen(SEND_QUEUE) == 0
+
+
+def test_invalid_values_are_echoed_at_most_64_characters_with_control_characters_escaped(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    long_value = "+44 7700 900123\x1b[31m" + "9" * 10_000
+    body = {"message": "hi", "recipients": ["+447700900123", long_value, {"to": ["x"] * 1_000}]}
+    response = post_broadcast(client, auth, body)
+
+    assert response.status_code == 422
+    echoed = [entry["value"] for entry in response.get_json()["invalid"]]
+    assert echoed[0] == "+44 7700 900123\\x1b[31m" + "9" * 40 + "…"
+    assert echoed[1] == ('["x"' + ',"x"' * 15)[:63] + "…"
+    assert all(len(value) <= 64 for value in echoed)
+    assert stored_counts(db_session) == (0, 0)
 
 
 def test_reject_mode_reports_only_the_first_hundred_invalid_entries(
@@ -155,6 +174,8 @@ def test_skip_mode_sends_to_the_valid_numbers_and_reports_the_rest(
         "invalid": 1,
         "opted_out": 0,
         "deferred": 0,
+        "not_valid": 0,
+        "by_country": {"GB": 2},
     }
     assert [(entry["index"], entry["value"]) for entry in body["invalid"]] == [(1, "not a number")]
     assert db_session.scalars(select(Message.to_number).order_by(Message.id)).all() == [

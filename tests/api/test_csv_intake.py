@@ -148,9 +148,7 @@ def test_multipart_upload_with_options_as_form_fields(
     )
 
     assert response.status_code == 202, response.get_json()
-    assert response.get_json()["invalid"] == [
-        {"index": 1, "value": "oops", "reason": "missing country code: start with + or 00", "line": 3}
-    ]
+    assert response.get_json()["invalid"] == [{"index": 1, "value": "oops", "reason": "contains letters", "line": 3}]
     assert stored_messages(db_session) == [
         ("+15550000001", {"first_name": "Ann"}),
         ("+15550000002", {"first_name": "Cy"}),
@@ -175,6 +173,22 @@ def test_a_byte_order_mark_and_crlf_line_endings_are_read(
     assert stored_messages(db_session) == [
         ("+15550000001", {"first_name": "Ann"}),
         ("+15550000002", {"first_name": "Bob"}),
+    ]
+
+
+def test_an_excel_csv_with_semicolons_and_phone_cells_kept_as_text_is_read(
+    client: FlaskClient, auth: dict[str, str], db_session: Session
+) -> None:
+    lines = ["\ufeffphone;first_name", "'+15550000001;Ann", '"=""+15550000002""";Bob', "=+15550000003;Cy"]
+    text = ("\r\n".join(lines) + "\r\n").encode("utf-8")
+
+    response = post_csv(client, auth, text, message="Hi {first_name}")
+
+    assert response.status_code == 202, response.get_json()
+    assert stored_messages(db_session) == [
+        ("+15550000001", {"first_name": "Ann"}),
+        ("+15550000002", {"first_name": "Bob"}),
+        ("+15550000003", {"first_name": "Cy"}),
     ]
 
 

@@ -331,3 +331,24 @@ def test_doctor_checks_public_base_url_for_real_twilio(stack: Stack) -> None:
     assert not verdict("https://127.0.0.1:8000")
     assert not verdict("https://10.1.2.3")
     assert verdict("https://8.8.8.8")
+
+
+def test_keys_create_sets_the_keys_default_region_and_allowed_countries(stack: Stack) -> None:
+    created = stack.run("keys", "create", "uk-list", "--default-region", "gb", "--allowed-countries", "GB, ie")
+    assert created.exit_code == 0, created.output
+    assert "default region GB; allowed countries GB, IE" in created.output
+    key = next(line for line in created.output.splitlines() if line.startswith("bsk_"))
+
+    body = {"message": "hi", "recipients": ["07700 900123", "+33612345678"], "on_invalid": "skip", "dry_run": True}
+    answer = requests.post(
+        f"{stack.api_url}/v1/broadcasts", json=body, headers={"Authorization": f"Bearer {key}"}, timeout=10
+    ).json()
+    assert answer["recipients"]["by_country"] == {"GB": 1}
+    assert answer["invalid"][0]["reason"] == "FR is not among the allowed countries"
+
+    listed = stack.run("keys", "list")
+    assert "GB,IE" in listed.output
+
+    refused = stack.run("keys", "create", "typo", "--default-region", "UK")
+    assert refused.exit_code == 2
+    assert "'UK' is not an ISO 3166-1 alpha-2 country code" in refused.output

@@ -26,9 +26,9 @@ pytestmark = pytest.mark.e2e
 
 
 def distinct_numbers(count: int, prefix: str = "+1555") -> list[str]:
-    """`count` distinct numbers in a fictional range the simulator accepts."""
-    width = 15 - len(prefix) + 1
-    return [f"{prefix}{index:0{min(width, 7)}d}" for index in range(count)]
+    """`count` distinct North American numbers (ten digits after +1), in the unassigned area code 555."""
+    width = len("+12025550100") - len(prefix)
+    return [f"{prefix}{index:0{width}d}" for index in range(count)]
 
 
 @pytest.fixture
@@ -107,6 +107,8 @@ def test_thousand_recipients_each_sent_exactly_once(
         "invalid": 0,
         "opted_out": 0,
         "deferred": 0,
+        "not_valid": 1000,
+        "by_country": {"US": 1000},
     }
     assert intake["chunks"] == 10
 
@@ -121,8 +123,8 @@ def test_permanent_errors_are_recorded_and_never_retried(
     api_client: FlaskClient, api_key: str, workers: WorkerProcesses, simulator: SimulatorControl, engine: Engine
 ) -> None:
     good = distinct_numbers(40)
-    invalid_at_twilio = [f"+15005550001{index:03d}" for index in range(5)]  # simulator: 21211
-    opted_out = [f"+15005550004{index:03d}" for index in range(5)]  # simulator: 21610
+    invalid_at_twilio = [f"+15{index:02d}5550001" for index in range(21, 26)]  # simulator: 21211
+    opted_out = [f"+15{index:02d}5550004" for index in range(21, 26)]  # simulator: 21610
     intake = submit(api_client, api_key, good + invalid_at_twilio + opted_out)
 
     workers.start_worker()

@@ -59,9 +59,9 @@ def test_30003_is_retried_until_delivered_or_the_cap_and_the_completion_callback
     webhook_service: None,
     completion_receiver: CompletionCallbackReceiver,
 ) -> None:
-    fails_once = [f"+1500555002300{index}" for index in range(3)]  # 30003 on attempt 1, delivered on attempt 2
-    filtered = ["+150055500170001"]  # 30007: never retried
-    always_unreachable = ["+150055500130001", "+150055500130002"]  # 30003 every time: cap of 2 attempts
+    fails_once = [f"+15{index:02d}5550023" for index in range(11, 14)]  # 30003 on attempt 1, delivered on attempt 2
+    filtered = ["+15115550017"]  # 30007: never retried
+    always_unreachable = ["+15115550013", "+15125550013"]  # 30003 every time: cap of 2 attempts
     ordinary = [f"+1555{index:07d}" for index in range(4)]
     broadcast = create_broadcast(db_session, fails_once + filtered + always_unreachable + ordinary, chunk_size=5)
     db_session.execute(

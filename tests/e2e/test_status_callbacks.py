@@ -40,8 +40,8 @@ def test_broadcast_callbacks_reach_postgres_through_the_webhook(
     redis_client: redis.Redis,  # requested so the test starts from an empty stream, whatever ran before
 ) -> None:
     ordinary = [f"+1555{index:07d}" for index in range(30)]
-    filtered = ["+150055500170001", "+150055500170002"]  # queued -> sent -> undelivered 30007: final
-    unreachable = ["+150055500130001"]  # undelivered 30003: a delivery retry is scheduled
+    filtered = ["+15015550017", "+15025550017"]  # queued -> sent -> undelivered 30007: final
+    unreachable = ["+15015550013"]  # undelivered 30003: a delivery retry is scheduled
     broadcast = create_broadcast(db_session, ordinary + filtered + unreachable, chunk_size=10)
     workers.start_worker()
     workers.start_beat()

@@ -30,6 +30,26 @@ def read(text: str, **options: object) -> tuple[list[object], CsvRecipientReader
         ("\ufeffphone,n\r\n+15550000001,1\r\n", {}, [{"to": "+15550000001", "vars": {"n": "1"}}]),
         ("phone,n\n+15550000001\n", {}, ["+15550000001"]),  # a short row: the missing cell has no value
         ("phone\n\n,\n+15550000001\n", {}, ["+15550000001"]),  # blank rows are skipped
+        # Excel where the decimal mark is a comma separates cells with `;`, and may add a byte-order mark.
+        ("\ufeffphone;name\r\n+15550000001;Ann\r\n", {}, [{"to": "+15550000001", "vars": {"name": "Ann"}}]),
+        (
+            'phone;town\n+15550000001;"Leeds; West Yorkshire"\n',
+            {},
+            [{"to": "+15550000001", "vars": {"town": "Leeds; West Yorkshire"}}],
+        ),
+        (
+            '"phone;mobile",town\n+15550000001,Leeds\n',
+            {"phone_column": "phone;mobile"},
+            [{"to": "+15550000001", "vars": {"town": "Leeds"}}],
+        ),
+        # Phone cells kept as text by a leading apostrophe or a formula.
+        ("phone\n'+15550000001\n", {}, ["+15550000001"]),
+        ("phone\n'07700 900123\n", {}, ["07700 900123"]),
+        ('phone\n="+15550000001"\n', {}, ["+15550000001"]),
+        ('phone;n\n"=""+15550000001""";1\n', {}, [{"to": "+15550000001", "vars": {"n": "1"}}]),
+        ("phone\n=+15550000001\n", {}, ["+15550000001"]),
+        ("phone\n ' +15550000001\n", {}, [" +15550000001"]),
+        ("phone,note\n+15550000001,'kept\n", {}, [{"to": "+15550000001", "vars": {"note": "'kept"}}]),
     ],
 )
 def test_rows_become_the_recipient_entries_intake_takes(

@@ -5,16 +5,20 @@ from __future__ import annotations
 import base64
 import json
 import threading
+from decimal import Decimal
 from typing import Any
 
+import pytest
 import redis
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from bulksms_tools.local_services import find_free_port
+from shared.broadcasts.content import ContentLimitError, TemplateRecipientsError
 from shared.broadcasts.intake import (
     BroadcastRequest,
     IntakeResult,
+    InvalidRecipientsError,
     create_broadcast,
     enqueue_broadcast,
     message_state_counts,
@@ -33,6 +37,7 @@ engine = api_fixtures.engine
 redis_client = api_fixtures.redis_client
 
 NUMBERS = [f"+4477009001{index:02d}" for index in range(10)]
+MANY = [f"+1555{index:07d}" for index in range(25_000)]
 
 
 def test_chunks_hold_consecutive_recipients_in_request_order(db_session: Session) -> None:
@@ -45,6 +50,48 @@ def test_chunks_hold_consecutive_recipients_in_request_order(db_session: Session
     assert [row.to_number for row in rows] == NUMBERS
     assert [row.chunk_number for row in rows] == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3]
     assert result.broadcast.enqueued_at is None  # intake stores; enqueueing is a separate step
+
+
+def test_template_values_are_stored_exactly_whatever_characters_they_hold(db_session: Session) -> None:
+    api_key, _ = create_api_key(db_session, "tests")
+    values = [
+        {"name": 'Ann "the\\boss"', "ward": "North\tEast\nline"},
+        {"name": "Zo\u00eb \U0001f600 \u2028", "ward": "\\N"},
+        {"name": "\x01\x1f", "ward": "O'Brien / {x}"},
+    ]
+    recipients = [{"to": number, "vars": given} for number, given in zip(NUMBERS, values, strict=False)]
+
+    create_broadcast(
+        db_session, api_key_id=api_key.id, request=BroadcastRequest("Hi {name} {ward}", recipients), chunk_size=2
+    )
+
+    stored = db_session.scalars(select(Message.variables).order_by(Message.id)).all()
+    assert stored == values
+
+
+@pytest.mark.parametrize(
+    ("request_", "refusal"),
+    [
+        (BroadcastRequest("hi", [*MANY, "07700 900123"]), InvalidRecipientsError),
+        (BroadcastRequest("hi", [*MANY, "+12025550142"], max_cost=Decimal("1")), ContentLimitError),
+        (
+            BroadcastRequest("Hi {name}", [*({"to": n, "vars": {"name": "A"}} for n in MANY), "+12025550142"]),
+            TemplateRecipientsError,
+        ),
+    ],
+    ids=["invalid number", "over max_cost", "template value missing"],
+)
+def test_a_refusal_found_after_the_first_messages_were_copied_stores_nothing(
+    db_session: Session, request_: BroadcastRequest, refusal: type[Exception]
+) -> None:
+    # Messages are copied while the list is read; the last recipient decides, after 25,000 were copied.
+    api_key, _ = create_api_key(db_session, "tests")
+
+    with pytest.raises(refusal):
+        create_broadcast(db_session, api_key_id=api_key.id, request=request_, chunk_size=100)
+
+    assert db_session.scalar(select(func.count()).select_from(Message)) == 0
+    assert db_session.scalar(select(func.count()).select_from(Broadcast)) == 0
 
 
 def test_concurrent_requests_with_one_idempotency_key_create_one_broadcast(engine: Engine, db_session: Session) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from shared.broadcasts.segments import count_segments
+from shared.broadcasts.segments import count_segments, grapheme_clusters, may_join_previous
 
 EURO = "€"  # GSM-7 extension character: two septets
 EMOJI = "😀"  # outside the BMP: two UCS-2 code units (one Python character)
@@ -14,7 +14,7 @@ EMOJI = "😀"  # outside the BMP: two UCS-2 code units (one Python character)
 @pytest.mark.parametrize(
     ("body", "encoding", "segments"),
     [
-        ("", "GSM-7", 0),
+        ("", "GSM-7", 1),  # an empty message still goes as one segment, as Twilio counts it
         ("a", "GSM-7", 1),
         ("a" * 160, "GSM-7", 1),
         ("a" * 161, "GSM-7", 2),
@@ -105,3 +105,52 @@ def test_count_segments_at_every_boundary(body: str, encoding: str, segments: in
     result = count_segments(body)
 
     assert (result.encoding, result.segments) == (encoding, segments)
+
+
+FAMILY = "\U0001f468\u200d\U0001f469\u200d\U0001f467"  # three emoji joined by ZWJ: 8 UTF-16 units, one character
+FLAG = "\U0001f1ec\U0001f1e7"  # two regional indicators: one flag
+
+
+@pytest.mark.parametrize(
+    ("text", "clusters"),
+    [
+        ("abc", ["a", "b", "c"]),
+        ("e\u0301te\u0301", ["e\u0301", "t", "e\u0301"]),  # combining accents stay with their letter
+        (FLAG + FLAG, [FLAG, FLAG]),  # regional indicators pair up
+        (FAMILY + "!", [FAMILY, "!"]),
+        ("\U0001f44d\U0001f3fd", ["\U0001f44d\U0001f3fd"]),  # a skin tone
+        ("a\U0001f3fd", ["a", "\U0001f3fd"]),  # ... joins an emoji only
+        ("\u0e01\u0e33", ["\u0e01\u0e33"]),  # Thai SARA AM is a spacing mark
+        ("\u2764\ufe0f", ["\u2764\ufe0f"]),  # a variation selector
+        ("a\r\nb", ["a", "\r", "\n", "b"]),  # Twilio counts CR LF as two characters
+        ("\n\u0301", ["\n", "\u0301"]),  # nothing joins a control character
+        ("\u1100\u1161\u11a8", ["\u1100\u1161\u11a8"]),  # conjoining Hangul jamo make one syllable
+        ("\ud55c\uae00", ["\ud55c", "\uae00"]),  # precomposed syllables stand alone
+    ],
+)
+def test_grapheme_clusters(text: str, clusters: list[str]) -> None:
+    assert list(grapheme_clusters(text)) == clusters
+
+
+@pytest.mark.parametrize(
+    ("body", "segments"),
+    [
+        ("я" * 62 + FAMILY, 1),  # 70 units
+        ("я" * 63 + FAMILY, 2),  # 71 units
+        ("я" * 60 + FAMILY + "я" * 10, 2),  # part 1 ends with the family (67 units)
+        ("я" * 61 + FAMILY + "я" * 10, 2),  # the family moves whole to part 2: 61 | 18
+        ("я" * 61 + FAMILY + "я" * 60, 3),  # 61 | 68 does not fit: 61 | 67 | 1
+        ("я" * 66 + "e\u0301" + "я" * 10, 2),  # the accent does not leave its e behind: 66 | 12
+        ("я" * 65 + FLAG + "я" * 10, 2),  # 65 | 14
+    ],
+)
+def test_a_cluster_is_never_split_between_segments(body: str, segments: int) -> None:
+    assert count_segments(body).segments == segments
+
+
+@pytest.mark.parametrize(
+    ("text", "may_join"),
+    [("plain", False), ("ж and €", False), ("\u0301", True), ("\u200d", True), (FLAG, True), ("\ud55c", False)],
+)
+def test_texts_that_may_join_their_neighbour_are_flagged_for_exact_counting(text: str, may_join: bool) -> None:
+    assert may_join_previous(text) is may_join

@@ -224,7 +224,7 @@ def test_replayed_batch_is_not_stored_twice(db_session: Session, settings: Setti
 def test_sid_unknown_at_callback_time_is_matched_through_the_message_id(
     db_session: Session, settings: Settings
 ) -> None:
-    broadcast = create_broadcast(db_session, ["+15555550001"])
+    broadcast = create_broadcast(db_session, ["+15555550101"])
     (message,) = messages_of(db_session, broadcast.id)
     # The worker claimed it, Twilio accepted it, the worker died before recording the SID.
     db_session.execute(update(Message).where(Message.id == message.id).values(state="sending", attempts=1))
