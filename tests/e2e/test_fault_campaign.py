@@ -20,6 +20,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from api.app import create_app
 from bulksms_tools.local_services import EmbeddedPostgres, EmbeddedRedis
+from bulksms_tools.simulator.magic_numbers import magic_variant
 from shared.messages import counts
 from shared.platform.api_keys import create_api_key
 from shared.platform.db import create_database_engine, create_session_factory
@@ -245,7 +246,8 @@ def test_twilio_answering_500_and_timing_out_for_a_whole_broadcast(
     # workers' 3 s timeout, and a few rate-limited: every one is ambiguous or retried, none may be sent twice.
     simulator.configure(latency_ms=20, error_rate_500=0.2, timeout_rate=0.05, slow_ms=5000, error_rate_429=0.05)
     total = 600
-    invalid = [f"+15005550001{index:03d}" for index in range(10)]  # refused by Twilio with 21211: failed, final
+    # Refused by Twilio with 21211: failed, final.
+    invalid = [magic_variant("+15005550001", index) for index in range(10)]
     response = post(client, new_key(engine), distinct_numbers(total) + invalid)
     assert response.status_code == 202, response.text
     broadcast_id = response.get_json()["id"]
