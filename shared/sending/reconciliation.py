@@ -24,6 +24,7 @@ Several candidates: the one created first. docs/sending.md states the rule and w
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -51,8 +52,12 @@ class LostClaim:
 
 
 def comparable_body(text: str | None) -> str:
-    """The letters and digits of a body after Smart Encoding: what Twilio's rewriting leaves alone."""
-    return "".join(character for character in smart_encode(text or "") if character.isalnum())
+    """The letters and digits of a body after Smart Encoding: what Twilio's rewriting leaves alone.
+
+    NFKC folds the compatibility forms (fullwidth letters, fractions) on both sides: whether Twilio's map or ours
+    rewrites them, the two bodies then compare equal, and a missed match would cost a second SMS."""
+    encoded = unicodedata.normalize("NFKC", smart_encode(text or ""))
+    return "".join(character for character in encoded if character.isalnum())
 
 
 def could_be_the_claims(

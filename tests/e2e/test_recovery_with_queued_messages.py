@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
+from bulksms_tools.simulator.magic_numbers import magic_variant
 from shared.platform.settings import Settings
 from shared.platform.task_queue import create_celery_app, enqueue_chunks
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
@@ -107,7 +108,8 @@ class TestDeliveryRetryEndingUnknown:
         workers: WorkerProcesses,
         webhook_service: None,
     ) -> None:
-        recipients = [f"+15005550023{index:03d}" for index in range(10)]  # 30003 the first time, then delivered
+        # 30003 the first time, then delivered.
+        recipients = [magic_variant("+15005550023", index) for index in range(10)]
         simulator.configure(callback_delay_ms=100)
         simulator.configure_pool(senders=one_sender(20))
         broadcast = create_broadcast(db_session, recipients)
