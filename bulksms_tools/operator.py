@@ -58,6 +58,7 @@ STATE_ORDER = (
     "failed",
     "skipped",
     "canceled",
+    "expired",
 )
 STATE_COLOURS = {"delivered": "green", "accepted": "cyan", "sent": "cyan", "failed": "red", "undelivered": "red"}
 
@@ -482,7 +483,7 @@ def watch_broadcast(client: ApiClient, broadcast_id: str, until: str = "complete
                 total = int((view.get("messages") or {}).get("total") or 0)
                 counts = state_counts(view)
                 final = int((view.get("progress") or {}).get("final") or 0) + counts.get("skipped", 0)
-                final += counts.get("canceled", 0)
+                final += counts.get("canceled", 0) + counts.get("expired", 0)
                 progress.update(
                     overall, total=total or None, completed=final, description=f"[bold]{view.get('status')}"
                 )
