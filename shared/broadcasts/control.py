@@ -96,6 +96,9 @@ def reschedule_broadcast(
     """Move a scheduled broadcast to a new `send_at` (only while it is still scheduled)."""
     check_send_at(send_at, now, min_lead_seconds)
     broadcast = broadcast_store.reschedule(session, broadcast_id, send_at)
+    if broadcast.deadline is not None and send_at >= broadcast.deadline:
+        session.rollback()
+        raise SendAtError("Must be before the broadcast's deadline.")
     session.commit()
     return broadcast
 
