@@ -573,7 +573,8 @@ DEADLINE_PASSED_MESSAGE = "not sent: the broadcast's deadline passed"
 
 
 def expire_past_deadline(session: Session, broadcast_id: uuid.UUID, message_ids: Sequence[int] | None = None) -> int:
-    """pending | retry_scheduled -> expired once the broadcast's deadline has passed (by the database's clock):
+    """pending | retry_scheduled -> expired once the broadcast's deadline has passed, or is less than a second
+    away (by the database's clock):
     every such row of the broadcast, or only `message_ids` (rows a send just released unsent). Call it with the
     broadcast row locked; returns the rows expired (none before the deadline)."""
     result = session.execute(
@@ -582,7 +583,9 @@ def expire_past_deadline(session: Session, broadcast_id: uuid.UUID, message_ids:
             "error_message = :reason, updated_at = now() "
             "WHERE broadcast_id = :broadcast_id AND state = ANY(CAST(:sources AS text[])) "
             "AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[]))) "
-            "AND EXISTS (SELECT 1 FROM broadcasts WHERE id = :broadcast_id AND deadline <= now())"
+            # Less than Twilio's smallest ValidityPeriod (1 s) left counts as past: nothing could be sent.
+            "AND EXISTS (SELECT 1 FROM broadcasts WHERE id = :broadcast_id "
+            "            AND deadline < now() + interval '1 second')"
         ),
         {
             "broadcast_id": broadcast_id,

@@ -36,7 +36,9 @@ def prepare_chunk_claim(
     otherwise skip rows whose number opted out and defer rows inside quiet hours (set-based, per chunk)."""
     row = session.execute(
         text(
-            "SELECT status, quiet_hours_start, quiet_hours_end, deadline <= now() AS past_deadline "
+            # Less than a second left: no request could carry a ValidityPeriod that ends in time.
+            "SELECT status, quiet_hours_start, quiet_hours_end, "
+            "deadline < now() + interval '1 second' AS past_deadline "
             "FROM broadcasts WHERE id = :id"
         ),
         {"id": broadcast_id},

@@ -113,7 +113,7 @@ def broadcasts_past_deadline(session: Session, limit: int = 100) -> list[uuid.UU
     """Unfinished broadcasts whose deadline has passed (their unsent messages are expired)."""
     rows = session.execute(
         text(
-            "SELECT id FROM broadcasts WHERE completed_at IS NULL AND deadline <= now() "
+            "SELECT id FROM broadcasts WHERE completed_at IS NULL AND deadline < now() + interval '1 second' "
             "AND status = ANY(CAST(:statuses AS text[])) ORDER BY deadline LIMIT :limit"
         ),
         {
