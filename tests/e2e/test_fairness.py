@@ -171,3 +171,25 @@ class TestDeadline:
                 text("SELECT status FROM broadcasts WHERE id = :id"), {"id": broadcast.id}
             ).scalar_one()
         assert status in ("submitted", "completed")
+
+
+def test_a_worker_killed_mid_window_leaves_nobody_unsent_or_sent_twice(
+    settings: Settings, db_session: Session, engine: Engine, simulator: SimulatorControl, workers: WorkerProcesses
+) -> None:
+    simulator.configure(latency_ms=300)
+    recipients = numbers(1_500, "+1555600")
+    broadcast = create_broadcast(db_session, recipients, enqueued=False)
+    doomed = workers.start_worker("doomed-worker")
+    start_sending(db_session, settings, broadcast.id)
+    wait_until(lambda: simulator.summary()["accepted"] >= 300, 60, message="the broadcast under way")
+    doomed.kill()  # SIGKILL: its chunk tasks unacknowledged, their claims open, no top-up for them
+    assert unsent(engine, broadcast.id) > 0
+
+    workers.start_worker("replacement-worker")
+    workers.start_beat()  # the sweeper reconciles the claims, re-enqueues idle released chunks, tops up the window
+    wait_until(lambda: unsent(engine, broadcast.id) == 0, 180, message="every recipient sent")
+
+    summary = simulator.summary()
+    assert summary["duplicate_count"] == 0, summary["duplicate_recipients"]
+    assert summary["accepted"] == summary["distinct_recipients"] == len(recipients)
+    assert state_counts(engine, broadcast.id) == {"accepted": len(recipients)}
