@@ -219,7 +219,7 @@ async def send_messages(
     latency (buffered in-process; the caller flushes it).
     """
 
-    # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
+    # The broadcast's content and options (`body` alone: a plain message without options).
     content = body if isinstance(body, OutgoingContent) else OutgoingContent(body)
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:

@@ -59,16 +59,22 @@ class Release:
 
 def release_chunks(session: Session, broadcast_id: uuid.UUID, normal_window: int, *, restart: bool = False) -> Release:
     """Move the broadcast's release mark so that its window is full again (the caller commits, then publishes
-    `Release.chunks`). Nothing for a broadcast that may not send now (scheduled, paused, canceled, done).
+    `Release.chunks`). Nothing for a broadcast that may not send now (scheduled, paused, canceled, done, past its
+    deadline).
 
     `restart`: the broker may have lost what was released before (a resume, a broadcast never enqueued), so the
     released chunks that still have due pending rows are published again too.
     """
     row = session.execute(
-        text("SELECT status, priority, chunk_count, chunks_released FROM broadcasts WHERE id = :id FOR UPDATE"),
+        text(
+            "SELECT status, priority, chunk_count, chunks_released, "
+            # Past its deadline (less than a second left) nothing more is sent: its rows are expired instead.
+            "coalesce(deadline < now() + interval '1 second', false) AS past_deadline "
+            "FROM broadcasts WHERE id = :id FOR UPDATE"
+        ),
         {"id": broadcast_id},
     ).one_or_none()
-    if row is None or row.status not in broadcast_store.SENDABLE_STATUSES:
+    if row is None or row.status not in broadcast_store.SENDABLE_STATUSES or row.past_deadline:
         return Release(broadcast_id, [], [])
     out = session.execute(
         text(

@@ -99,6 +99,15 @@ def test_a_broadcast_that_may_not_send_releases_nothing(db_session: Session, sta
     assert released(db_session, broadcast.id) == 0
 
 
+def test_a_broadcast_past_its_deadline_releases_nothing(db_session: Session) -> None:
+    broadcast = create_broadcast(db_session, numbers(1_000), enqueued=False)
+    db_session.execute(
+        text("UPDATE broadcasts SET deadline = now() - interval '1 second' WHERE id = :id"), {"id": broadcast.id}
+    )
+    db_session.commit()
+    assert release_chunks(db_session, broadcast.id, 4).chunks == []
+
+
 def test_a_restart_publishes_released_chunks_that_still_wait_and_fills_the_window(db_session: Session) -> None:
     broadcast = create_broadcast(db_session, numbers(1_000), enqueued=False)
     release_chunks(db_session, broadcast.id, 4)
