@@ -25,6 +25,7 @@ from shared.broadcasts.control import (
     reschedule_broadcast,
     resume_broadcast,
 )
+from shared.broadcasts.deadlines import DeadlineError, check_deadline
 from shared.broadcasts.intake import BroadcastRequest, get_broadcast
 from shared.platform.models import Broadcast
 
@@ -39,13 +40,22 @@ def utc_now() -> datetime:
 
 
 def check_schedule(broadcast_request: BroadcastRequest, now: datetime | None = None) -> None:
-    """422 when a new broadcast's send_at is too soon or more than 35 days ahead."""
-    if broadcast_request.send_at is None:
-        return
-    try:
-        check_send_at(broadcast_request.send_at, now or utc_now(), services().settings.schedule_min_lead_seconds)
-    except SendAtError as error:
-        raise ApiProblem(422, f"send_at: {error}", problem="validation", errors={"send_at": [str(error)]}) from None
+    """422 when a new broadcast's send_at is too soon or more than 35 days ahead, or its deadline is past, more
+    than 72 hours ahead or not after send_at."""
+    now = now or utc_now()
+    if broadcast_request.send_at is not None:
+        try:
+            check_send_at(broadcast_request.send_at, now, services().settings.schedule_min_lead_seconds)
+        except SendAtError as error:
+            raise ApiProblem(422, f"send_at: {error}", problem="validation", errors={"send_at": [str(error)]}) from None
+    deadline = broadcast_request.option_value("deadline")
+    if deadline is not None:
+        try:
+            check_deadline(deadline, now, broadcast_request.send_at)
+        except DeadlineError as error:
+            raise ApiProblem(
+                422, f"deadline: {error}", problem="validation", errors={"deadline": [str(error)]}
+            ) from None
 
 
 def _own_broadcast_id(broadcast_id: uuid.UUID) -> uuid.UUID:
@@ -83,7 +93,13 @@ def pause(broadcast_id: uuid.UUID) -> Response:
 def resume(broadcast_id: uuid.UUID) -> Response:
     own_id = _own_broadcast_id(broadcast_id)
     try:
-        broadcast = resume_broadcast(db_session(), services().redis_client, services().celery_app, own_id)
+        broadcast = resume_broadcast(
+            db_session(),
+            services().redis_client,
+            services().celery_app,
+            own_id,
+            services().settings.send_window_chunks,
+        )
     except InvalidTransitionError as error:
         raise _conflict(error) from None
     return _answer(broadcast)

@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import require_api_key
-from api.broadcast_controls import check_schedule
+from api.broadcast_controls import check_schedule, utc_now
 from api.context import db_session, services
 from api.csv_intake import csv_broadcast_request, is_csv_upload, with_line_numbers
 from api.errors import ApiProblem
@@ -28,6 +28,7 @@ from api.schemas import (
     MessagesQuerySchema,
 )
 from shared.broadcasts.content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
+from shared.broadcasts.deadlines import deadline_warnings
 from shared.broadcasts.intake import (
     IdempotencyConflictError,
     InvalidCursorError,
@@ -195,7 +196,7 @@ def _create() -> tuple[Response, int, dict[str, str]]:
     if result.created and broadcast.status != BroadcastStatus.SCHEDULED:
         stored = time.perf_counter()
         # If the broker fails now, the broadcast is stored with enqueued_at NULL and the sweeper enqueues it.
-        enqueued = enqueue_broadcast(session, services().celery_app, broadcast)
+        enqueued = enqueue_broadcast(session, services().celery_app, broadcast, settings.send_window_chunks)
         logger.info(
             "broadcast %s accepted in %.2fs (parse %.2fs, validate and store %.2fs, enqueue %.2fs%s)",
             broadcast.id,
@@ -208,6 +209,9 @@ def _create() -> tuple[Response, int, dict[str, str]]:
     body = broadcast_schema.dump(broadcast)
     body["invalid"] = with_line_numbers(body["invalid"] or [], csv_lines)
     body["cost"] = cost_report(broadcast, pricing)
+    body["warnings"] = deadline_warnings(
+        broadcast.deadline, broadcast.segments_total or 0, settings, utc_now(), broadcast.send_at
+    )
     if result.dry_run:
         body["dry_run"] = True
         return jsonify(body), 200, {}

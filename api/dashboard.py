@@ -71,7 +71,7 @@ STATE_GROUPS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("awaiting", "Sent, no receipt yet", ("accepted", "sent"), "#1e88e5"),
     ("retrying", "Retry scheduled", ("retry_scheduled",), "#f9a825"),
     ("failed", "Failed or undelivered", ("failed", "undelivered"), "#c62828"),
-    ("skipped", "Skipped or canceled", ("skipped", "canceled"), "#757575"),
+    ("skipped", "Skipped, canceled or expired", ("skipped", "canceled", "expired"), "#757575"),
     ("waiting", "Not sent yet", ("pending", "sending", "unknown"), "#dfe3e8"),
 )
 

@@ -536,6 +536,12 @@ BROADCAST_VIEW_PROPERTIES: dict[str, Any] = {
         "description": "Absent on a dry run.",
     },
     "dry_run": {"type": "boolean", "description": "Present (true) on a dry run's report."},
+    "warnings": {
+        "type": "array",
+        "items": {"type": "string"},
+        "description": "Only in the answer to `POST /v1/broadcasts`: problems that did not stop the broadcast, such "
+        "as an estimated sending time that passes its `deadline`; empty when there are none.",
+    },
 }
 BROADCAST_DETAIL_VIEW_PROPERTIES: dict[str, Any] = {
     "messages": {

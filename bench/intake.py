@@ -274,7 +274,8 @@ def run_list(
         f"{recipients['by_country']}"
     )
     print(f"stored messages:     {figures.stored:,}")
-    print(f"chunk tasks queued:  {broker.llen(SEND_QUEUE):,} (chunks: {accepted['chunks']:,})")
+    # Only the first window of chunks is published (shared.sending.windows); finishing chunks release the rest.
+    print(f"chunk tasks queued:  {broker.llen(SEND_QUEUE):,} (chunks: {accepted['chunks']:,}, the first window)")
     for line in log_path.read_text().splitlines():
         if "accepted in" in line or "stored:" in line:
             print("API log:", json.loads(line).get("message", line) if line.startswith("{") else line)

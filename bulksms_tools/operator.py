@@ -58,6 +58,7 @@ STATE_ORDER = (
     "failed",
     "skipped",
     "canceled",
+    "expired",
 )
 STATE_COLOURS = {"delivered": "green", "accepted": "cyan", "sent": "cyan", "failed": "red", "undelivered": "red"}
 
@@ -228,6 +229,10 @@ def print_intake_summary(body: dict[str, Any]) -> None:
             table.add_row("send at", str(body["send_at"]))
     if body.get("client_reference"):
         table.add_row("client reference", str(body["client_reference"]))
+    if body.get("priority") not in (None, "normal"):
+        table.add_row("priority", str(body["priority"]))
+    if body.get("deadline"):
+        table.add_row("deadline", str(body["deadline"]))
     for name in ("received", "accepted", "duplicates", "invalid", "opted_out", "deferred"):
         if name in recipients:
             table.add_row(f"recipients {name}", f"{int(recipients[name] or 0):,}")
@@ -241,6 +246,8 @@ def print_intake_summary(body: dict[str, Any]) -> None:
     console.print(table)
     if cost.get("note"):
         console.print(f"[dim]{cost['note']}[/]")
+    for warning in body.get("warnings") or []:
+        console.print(f"[yellow]warning:[/] {warning}")
     invalid = body.get("invalid") or []
     if invalid:
         console.print(f"[yellow]skipped {int(recipients.get('invalid') or len(invalid)):,} invalid entries[/], e.g.:")
@@ -324,7 +331,7 @@ def submit(
             raise
     error_console.print("[dim]this API has no CSV intake (HTTP 415): sending the list as JSON instead[/]")
     body: dict[str, Any] = {"message": options["message"], "recipients": recipients_from_csv(path, phone_column)}
-    for name in ("send_at", "on_invalid", "client_reference"):
+    for name in ("send_at", "on_invalid", "client_reference", "priority", "deadline"):
         if name in options:
             body[name] = options[name]
     if options.get("dry_run") == "true":
@@ -361,6 +368,12 @@ def stdin_is_interactive() -> bool:
     help="Invalid numbers refuse the whole list (reject, the API's default) or are skipped.",
 )
 @click.option("--client-reference", help="Your own id for the broadcast, shown back with it (up to 256 characters).")
+@click.option(
+    "--priority",
+    type=click.Choice(["high", "normal", "bulk"]),
+    help="Its share of the sending capacity against broadcasts sending at the same time, 4:2:1 (default normal).",
+)
+@click.option("--deadline", help="Send nothing after this ISO-8601 time (at most 72 h ahead); the rest expires.")
 @click.option("--dry-run", is_flag=True, help="Validate and print the counts and the cost; store and send nothing.")
 @click.option("--watch", "-w", is_flag=True, help="Then show live progress until the broadcast finishes.")
 @click.option(
@@ -389,6 +402,8 @@ def send(
     quiet_hours: str | None,
     on_invalid: str | None,
     client_reference: str | None,
+    priority: str | None,
+    deadline: str | None,
     dry_run: bool,
     watch: bool,
     until: str,
@@ -412,6 +427,10 @@ def send(
         options["on_invalid"] = on_invalid
     if client_reference is not None:
         options["client_reference"] = client_reference
+    if priority:
+        options["priority"] = priority
+    if deadline:
+        options["deadline"] = deadline
 
     if dry_run:
         _, body = submit(client, csv_file, {**options, "dry_run": "true"}, phone_column, window)
@@ -482,7 +501,7 @@ def watch_broadcast(client: ApiClient, broadcast_id: str, until: str = "complete
                 total = int((view.get("messages") or {}).get("total") or 0)
                 counts = state_counts(view)
                 final = int((view.get("progress") or {}).get("final") or 0) + counts.get("skipped", 0)
-                final += counts.get("canceled", 0)
+                final += counts.get("canceled", 0) + counts.get("expired", 0)
                 progress.update(
                     overall, total=total or None, completed=final, description=f"[bold]{view.get('status')}"
                 )

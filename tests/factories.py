@@ -55,6 +55,9 @@ def create_broadcast(
     api_key: ApiKey | None = None,
     enqueued: bool = True,
     created_ago: timedelta = timedelta(0),
+    priority: str = "normal",
+    deadline: datetime | None = None,
+    chunks_released: int | None = None,
 ) -> Broadcast:
     """A `queued` broadcast of `body` to `recipients` as intake would store it, every message `pending`, chunk k
     holding recipients k*chunk_size onwards. Intake's rules that read the database (opt-outs, quiet hours) are not
@@ -90,7 +93,14 @@ def create_broadcast(
         recipients_not_valid=accepted.not_valid,
         chunk_size=chunk_size,
         chunk_count=math.ceil(len(accepted.numbers) / chunk_size),
+        priority=priority,
+        deadline=deadline,
     )
+    # An enqueued broadcast has every chunk published, as before windows, unless told otherwise (0: none yet,
+    # for shared.sending.windows to release).
+    if chunks_released is None:
+        chunks_released = broadcast.chunk_count if enqueued else 0
+    broadcast.chunks_released = chunks_released
     variables = content.variables or [None] * len(accepted.numbers)
     session.add(broadcast)
     session.flush()

@@ -35,6 +35,7 @@ from shared.receipts.delivery_retries import release_and_enqueue_due_retries
 from shared.receipts.status_queue import trim_acknowledged
 from shared.sending.chunks import send_chunk
 from shared.sending.sweeper import sweep
+from shared.sending.windows import release_and_enqueue
 from worker.app import celery_app, settings
 from worker.status_tasks import status_redis_client
 from worker.task_base import BulksmsTask, RetryLater, SkipThisRun, worker_task
@@ -57,6 +58,9 @@ def send_chunk_task(self: BulksmsTask, broadcast_id: str, chunk_number: int) -> 
     result = send_chunk(self.resources, broadcast_uuid, int(chunk_number))
     if result.released:
         raise self.retry(countdown=random.uniform(*RELEASED_RETRY_COUNTDOWN_SECONDS))
+    # Done with this chunk: the broadcast's next chunk(s) take its place in the queue (shared.sending.windows).
+    with self.session() as session:
+        release_and_enqueue(session, celery_app, broadcast_uuid, settings.send_window_chunks)
 
 
 @worker_task(SWEEP_TASK, on_infrastructure_error=SkipThisRun("sweep not finished"))
@@ -102,7 +106,7 @@ def notify_completion_task(self: BulksmsTask, broadcast_id: str) -> None:
 def release_scheduled_task(self: BulksmsTask) -> None:
     """Scheduled broadcasts whose send_at has come: queued, and their chunks enqueued."""
     with self.session() as session:
-        released = release_scheduled_broadcasts(session, celery_app)
+        released = release_scheduled_broadcasts(session, celery_app, normal_window=settings.send_window_chunks)
     if released:
         logger.info("released %d scheduled broadcasts", released)
 

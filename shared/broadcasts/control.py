@@ -18,7 +18,6 @@ from datetime import UTC, datetime, timedelta
 import redis
 import redis.asyncio
 from celery import Celery
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.broadcasts import store as broadcast_store
@@ -26,8 +25,9 @@ from shared.broadcasts.store import InvalidTransitionError
 from shared.compliance.opt_outs import skip_opted_out_at_intake
 from shared.compliance.quiet_hours import QuietHours, count_deferred
 from shared.messages import store as message_store
-from shared.platform.models import Broadcast, BroadcastStatus, MessageState
+from shared.platform.models import Broadcast, BroadcastStatus
 from shared.platform.task_queue import enqueue_chunks
+from shared.sending.windows import DEFAULT_WINDOW_CHUNKS, release_and_enqueue
 
 __all__ = ["InvalidTransitionError"]
 
@@ -65,13 +65,19 @@ def pause_broadcast(session: Session, redis_client: redis.Redis, broadcast_id: u
 
 
 def resume_broadcast(
-    session: Session, redis_client: redis.Redis, celery_app: Celery, broadcast_id: uuid.UUID
+    session: Session,
+    redis_client: redis.Redis,
+    celery_app: Celery,
+    broadcast_id: uuid.UUID,
+    normal_window: int = DEFAULT_WINDOW_CHUNKS,
 ) -> Broadcast:
-    """paused -> sending (or queued if nothing was sent yet); every chunk with pending rows is enqueued again."""
+    """paused -> sending (or queued if nothing was sent yet); its released chunks with pending rows are enqueued
+    again and its window filled (shared.sending.windows)."""
     broadcast = broadcast_store.resume(session, broadcast_id)
     session.commit()
     redis_client.delete(halt_key(broadcast_id))
-    enqueue_pending_chunks(session, celery_app, broadcast_id)
+    release_and_enqueue(session, celery_app, broadcast_id, normal_window, restart=True)
+    session.refresh(broadcast)
     return broadcast
 
 
@@ -90,24 +96,11 @@ def reschedule_broadcast(
     """Move a scheduled broadcast to a new `send_at` (only while it is still scheduled)."""
     check_send_at(send_at, now, min_lead_seconds)
     broadcast = broadcast_store.reschedule(session, broadcast_id, send_at)
+    if broadcast.deadline is not None and send_at >= broadcast.deadline:
+        session.rollback()
+        raise SendAtError("Must be before the broadcast's deadline.")
     session.commit()
     return broadcast
-
-
-def enqueue_pending_chunks(session: Session, celery_app: Celery, broadcast_id: uuid.UUID) -> int:
-    chunk_numbers = list(
-        session.execute(
-            text(
-                "SELECT DISTINCT chunk_number FROM messages WHERE broadcast_id = :id AND state = :pending "
-                "ORDER BY chunk_number"
-            ),
-            {"id": broadcast_id, "pending": MessageState.PENDING},
-        ).scalars()
-    )
-    session.commit()
-    if chunk_numbers:
-        enqueue_chunks(celery_app, broadcast_id, chunk_numbers)
-    return len(chunk_numbers)
 
 
 # ------------------------------------------------------------------------------------------ the halt flag
@@ -140,13 +133,15 @@ HaltCallable = Callable[[], Awaitable[bool]]
 # ------------------------------------------------------------------------------------------------- beat
 
 
-def release_scheduled_broadcasts(session: Session, celery_app: Celery, now: datetime | None = None) -> int:
-    """Scheduled broadcasts whose send_at has come become `queued` and their chunks are enqueued."""
+def release_scheduled_broadcasts(
+    session: Session, celery_app: Celery, now: datetime | None = None, normal_window: int = DEFAULT_WINDOW_CHUNKS
+) -> int:
+    """Scheduled broadcasts whose send_at has come become `queued` and their first window of chunks is enqueued."""
     released = broadcast_store.release_scheduled(session, now)
     session.commit()
     for broadcast_id in released:
         # enqueued_at is still NULL: if the broker fails here, the sweeper's forgotten-broadcast pass enqueues it.
-        enqueue_pending_chunks(session, celery_app, broadcast_id)
+        release_and_enqueue(session, celery_app, broadcast_id, normal_window, restart=True)
         broadcast_store.mark_enqueued(session, broadcast_id)
         session.commit()
         logger.info("scheduled broadcast %s released", broadcast_id)

@@ -46,6 +46,7 @@ from shared.messages import counts as message_counts
 from shared.platform.models import ApiKey, Broadcast, Message, MessageState
 from shared.platform.settings import Settings
 from shared.platform.task_queue import enqueue_chunks
+from shared.sending.windows import DEFAULT_WINDOW_CHUNKS, release_chunks
 
 logger = logging.getLogger(__name__)
 
@@ -460,14 +461,19 @@ def _broadcast_values(
     }
 
 
-def enqueue_broadcast(session: Session, celery_app: Celery, broadcast: Broadcast) -> bool:
-    """Publish one chunk task per chunk, then set `enqueued_at`. False when the broker could not be reached.
+def enqueue_broadcast(
+    session: Session, celery_app: Celery, broadcast: Broadcast, normal_window: int = DEFAULT_WINDOW_CHUNKS
+) -> bool:
+    """Release the broadcast's first window of chunks (shared.sending.windows) and publish them, then set
+    `enqueued_at`. False when the broker could not be reached.
 
     The broadcast is committed before this runs, so a failure here loses nothing: with `enqueued_at`
-    still NULL the sweeper publishes the chunks once the broker is back.
+    still NULL the sweeper publishes the released chunks once the broker is back.
     """
+    release = release_chunks(session, broadcast.id, normal_window)
+    session.commit()
     try:
-        enqueue_chunks(celery_app, broadcast.id, range(broadcast.chunk_count))
+        enqueue_chunks(celery_app, broadcast.id, release.chunks)
     except (kombu.exceptions.OperationalError, redis.exceptions.RedisError, OSError):
         logger.warning("broadcast %s stored but not enqueued (broker unreachable); the sweeper will", broadcast.id)
         return False

@@ -29,6 +29,7 @@ from shared.broadcasts.media import MAX_MEDIA_URLS, MAX_VALIDITY_PERIOD_SECONDS,
 from shared.broadcasts.templates import TemplateSyntaxError, parse_template
 from shared.compliance.phone_numbers import check_default_region
 from shared.compliance.quiet_hours import HH_MM_PATTERN
+from shared.platform.models import BroadcastPriority
 from shared.platform.urls import callback_url_problem
 
 MAX_MESSAGE_CHARACTERS = 1_600
@@ -306,6 +307,29 @@ BROADCAST_OPTIONS: tuple[BroadcastOption, ...] = (
         reaches_twilio=True,
         csv=CsvForm.INTEGER,
         # Shown in the `message` report.
+    ),
+    BroadcastOption(
+        "deadline",
+        fields.AwareDateTime(format="iso", load_default=None),
+        "Optional ISO-8601 time with an offset or `Z`, in the future, at most 72 hours ahead and after `send_at`: "
+        "nothing is sent after it. Messages not sent by then become `expired`; each message's `ValidityPeriod` "
+        "is cut to the time left, so Twilio drops (30036) what it still holds then (see Deadline).",
+        "2026-12-01T18:00:00+00:00",
+        columns=("deadline",),
+        reaches_twilio=True,
+        shown_in=frozenset({View.BROADCAST, View.DASHBOARD}),
+        response_field=fields.AwareDateTime(),
+    ),
+    BroadcastOption(
+        "priority",
+        fields.String(load_default=None, validate=validate.OneOf([priority.value for priority in BroadcastPriority])),
+        "Optional `high`, `normal` (default) or `bulk`: the broadcast's share of the sending capacity while "
+        "others send at the same time, 4:2:1 (see Fair sharing). None starves.",
+        "high",
+        columns=("priority",),
+        shown_in=frozenset({View.BROADCAST, View.DASHBOARD}),
+        response_field=fields.String(),
+        to_columns=lambda priority: {"priority": priority or BroadcastPriority.NORMAL.value},
     ),
     BroadcastOption(
         "max_segments",

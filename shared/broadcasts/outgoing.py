@@ -5,12 +5,18 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.broadcasts.deadlines import validity_period_left
 from shared.broadcasts.templates import MessageTemplate, parse_template
+
+
+class DeadlinePassed(Exception):
+    """The broadcast's deadline leaves less than Twilio's smallest ValidityPeriod: the message must not be sent."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,17 +26,22 @@ class OutgoingContent:
     media_urls: tuple[str, ...] | None = None
     validity_period: int | None = None
     smart_encoded: bool = False
+    deadline: datetime | None = None  # nothing leaves Twilio after it: ValidityPeriod is cut to the time left
 
     def body_for(self, variables: Mapping[str, str] | None) -> str:
         return self.body if self.template is None else self.template.render(variables)
 
-    def send_options(self) -> dict[str, Any]:
-        """Keyword arguments for `TwilioGateway.send`: only the options this broadcast uses."""
+    def send_options(self, now: datetime | None = None) -> dict[str, Any]:
+        """Keyword arguments for `TwilioGateway.send` of a request starting `now`: only the options this broadcast
+        uses. Raises DeadlinePassed when its deadline leaves no time to send."""
         options: dict[str, Any] = {}
         if self.media_urls:
             options["media_urls"] = self.media_urls
-        if self.validity_period is not None:
-            options["validity_period"] = self.validity_period
+        validity_period = validity_period_left(self.deadline, self.validity_period, now or datetime.now(UTC))
+        if validity_period == 0:
+            raise DeadlinePassed()
+        if validity_period is not None:
+            options["validity_period"] = validity_period
         if self.smart_encoded:
             options["smart_encoded"] = True
         return options
@@ -39,7 +50,10 @@ class OutgoingContent:
 def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> OutgoingContent | None:
     """The broadcast's content and send options, or None when there is no such broadcast."""
     row = session.execute(
-        text("SELECT body, is_template, media_urls, validity_period, smart_encoded FROM broadcasts WHERE id = :id"),
+        text(
+            "SELECT body, is_template, media_urls, validity_period, smart_encoded, deadline FROM broadcasts "
+            "WHERE id = :id"
+        ),
         {"id": broadcast_id},
     ).one_or_none()
     if row is None:
@@ -50,4 +64,5 @@ def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> Outgoing
         media_urls=tuple(row.media_urls) if row.media_urls else None,
         validity_period=row.validity_period,
         smart_encoded=bool(row.smart_encoded),
+        deadline=row.deadline,
     )

@@ -276,6 +276,14 @@ def mark_enqueued(session: Session, broadcast_id: uuid.UUID, *, only_if_unset: b
     return bool(_rowcount(result))
 
 
+def mark_chunks_released(session: Session, broadcast_id: uuid.UUID, released: int) -> None:
+    """Chunks 0 .. released - 1 are handed to the broker (shared.sending.windows); the mark only moves forward."""
+    session.execute(
+        text("UPDATE broadcasts SET chunks_released = greatest(chunks_released, :released) WHERE id = :id"),
+        {"released": released, "id": broadcast_id},
+    )
+
+
 def record_intake_counts(session: Session, broadcast: Broadcast, opted_out: int, deferred: int) -> None:
     """The recipients intake found opted out, and those quiet hours would defer at send time."""
     session.execute(

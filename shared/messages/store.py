@@ -40,6 +40,7 @@ class MessageEvent(enum.StrEnum):
     SKIP_OPTED_OUT = "skip_opted_out"  # the number is on the suppression list
     DEFER = "defer"  # quiet hours: stays pending with a `not_before`
     CANCEL = "cancel"  # the broadcast was canceled before this row was sent
+    EXPIRE = "expire"  # the broadcast's deadline passed before this row was sent
 
 
 # A receipt may arrive while our own record still says the request is in flight or ambiguous (the callback
@@ -68,6 +69,8 @@ MESSAGE_TRANSITIONS: tuple[tuple[MessageState, MessageEvent, MessageState], ...]
     (S.PENDING, MessageEvent.DEFER, S.PENDING),
     (S.PENDING, MessageEvent.CANCEL, S.CANCELED),
     (S.RETRY_SCHEDULED, MessageEvent.CANCEL, S.CANCELED),
+    (S.PENDING, MessageEvent.EXPIRE, S.EXPIRED),
+    (S.RETRY_SCHEDULED, MessageEvent.EXPIRE, S.EXPIRED),
 )
 
 
@@ -561,6 +564,35 @@ def cancel_if_broadcast_canceled(session: Session, broadcast_id: uuid.UUID, mess
             "canceled_broadcast": BroadcastStatus.CANCELED,
             "pending": S.PENDING,
             "sources": sources_of(MessageEvent.CANCEL),
+        },
+    )
+    return _rowcount(result)
+
+
+DEADLINE_PASSED_MESSAGE = "not sent: the broadcast's deadline passed"
+
+
+def expire_past_deadline(session: Session, broadcast_id: uuid.UUID, message_ids: Sequence[int] | None = None) -> int:
+    """pending | retry_scheduled -> expired once the broadcast's deadline has passed, or is less than a second
+    away (by the database's clock):
+    every such row of the broadcast, or only `message_ids` (rows a send just released unsent). Call it with the
+    broadcast row locked; returns the rows expired (none before the deadline)."""
+    result = session.execute(
+        text(
+            "UPDATE messages SET state = :expired, claimed_until = NULL, retry_due_at = NULL, final_at = now(), "
+            "error_message = :reason, updated_at = now() "
+            "WHERE broadcast_id = :broadcast_id AND state = ANY(CAST(:sources AS text[])) "
+            "AND (CAST(:ids AS bigint[]) IS NULL OR id = ANY(CAST(:ids AS bigint[]))) "
+            # Less than Twilio's smallest ValidityPeriod (1 s) left counts as past: nothing could be sent.
+            "AND EXISTS (SELECT 1 FROM broadcasts WHERE id = :broadcast_id "
+            "            AND deadline < now() + interval '1 second')"
+        ),
+        {
+            "broadcast_id": broadcast_id,
+            "ids": None if message_ids is None else list(message_ids),
+            "expired": S.EXPIRED,
+            "reason": DEADLINE_PASSED_MESSAGE,
+            "sources": sources_of(MessageEvent.EXPIRE),
         },
     )
     return _rowcount(result)

@@ -45,6 +45,14 @@ class BroadcastStatus(enum.StrEnum):
     CANCELED = "canceled"  # every unsent message canceled
 
 
+class BroadcastPriority(enum.StrEnum):
+    """A broadcast's share of the sending capacity, against the others sending at the same time (4:2:1)."""
+
+    HIGH = "high"
+    NORMAL = "normal"
+    BULK = "bulk"
+
+
 class MessageState(enum.StrEnum):
     PENDING = "pending"  # waiting for a chunk task to claim it
     SENDING = "sending"  # claimed by a worker; the Twilio request may be in flight
@@ -58,6 +66,7 @@ class MessageState(enum.StrEnum):
     RETRY_SCHEDULED = "retry_scheduled"  # 30003/30008-style failure: a new attempt is due at retry_due_at
     SKIPPED = "skipped"  # never sent, with skip_reason (the number opted out, ...)
     CANCELED = "canceled"  # the broadcast was canceled before this message was sent
+    EXPIRED = "expired"  # its broadcast's deadline passed before it could be sent: never sent
 
 
 # A message in one of these still owes the broadcast a Twilio outcome.
@@ -138,6 +147,13 @@ class Broadcast(Base):
     recipients_by_country: Mapped[dict[str, int] | None] = mapped_column(JSONB)  # accepted recipients per ISO code
     # Accepted numbers libphonenumber does not know as assigned (fictional ranges aside).
     recipients_not_valid: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Its share of the sending capacity against other broadcasts (BroadcastPriority): the size of its chunk window.
+    priority: Mapped[str] = mapped_column(String(10), default=BroadcastPriority.NORMAL, server_default="normal")
+    # Nothing is sent after this time: what is left becomes `expired`, and Twilio's ValidityPeriod ends there.
+    deadline: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Chunks 0 .. chunks_released - 1 have been handed to the broker (shared.sending.windows); the rest wait their
+    # turn, a few at a time, so broadcasts sending at once share the workers.
+    chunks_released: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),

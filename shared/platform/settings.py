@@ -67,6 +67,12 @@ class Settings:
         "TWILIO_REQUEST_TIMEOUT_SECONDS", "Give up waiting for one Twilio response after this long", default=15.0
     )
     send_chunk_size: int = _env("SEND_CHUNK_SIZE", "Recipients per Celery chunk task", default=100)
+    send_window_chunks: int = _env(
+        "SEND_WINDOW_CHUNKS",
+        "Chunk tasks of one normal-priority broadcast out at once (high: twice, bulk: half); broadcasts sending at "
+        "once share the workers in proportion",
+        default=4,
+    )
     send_retry_max_attempts: int = _env(
         "SEND_RETRY_MAX_ATTEMPTS", "Tries per message on 20429/connection errors before releasing it", default=6
     )
@@ -276,6 +282,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
     for name in (
         "twilio_max_concurrency",
         "send_chunk_size",
+        "send_window_chunks",
         "port",
         "max_request_bytes",
         "status_batch_size",

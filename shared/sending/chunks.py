@@ -35,7 +35,7 @@ from tenacity import (
 from tenacity.stop import stop_base
 
 from shared.broadcasts.control import HaltCallable, HaltCheck
-from shared.broadcasts.outgoing import OutgoingContent, load_outgoing_content
+from shared.broadcasts.outgoing import DeadlinePassed, OutgoingContent, load_outgoing_content
 from shared.platform.db import create_database_engine, create_session_factory, session_scope
 from shared.platform.metrics import (
     TWILIO_RATE_LIMITED,
@@ -189,6 +189,9 @@ class _stop_at_deadline(stop_base):
 
 # A Retryable with this reason was never sent: the broadcast was paused or canceled (no retry, back to pending).
 HALTED_REASON = "broadcast paused or canceled"
+# Never sent either: the broadcast's deadline came first (no retry; recorded as `expired`).
+DEADLINE_REASON = "broadcast deadline passed"
+NOT_RETRIED_REASONS = frozenset({HALTED_REASON, DEADLINE_REASON})
 
 
 def _last_outcome(retry_state: RetryCallState) -> SendOutcome:
@@ -216,9 +219,8 @@ async def send_messages(
     latency (buffered in-process; the caller flushes it).
     """
 
-    # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
+    # The broadcast's content and options (`body` alone: a plain message without options).
     content = body if isinstance(body, OutgoingContent) else OutgoingContent(body)
-    options = content.send_options()
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
         async with slots.slot(deadline) as token:
@@ -226,6 +228,11 @@ async def send_messages(
                 return Retryable("no concurrency slot before the claim's deadline")
             if halted is not None and await halted():
                 return Retryable(HALTED_REASON)
+            try:
+                # Per request: the ValidityPeriod left before the broadcast's deadline shrinks as the chunk sends.
+                options = content.send_options()
+            except DeadlinePassed:
+                return Retryable(DEADLINE_REASON)
             text_body = content.body_for(message.variables)
             started = time.perf_counter()
             outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
@@ -244,7 +251,9 @@ async def send_messages(
             wait=wait_random_exponential(
                 multiplier=retry_policy.initial_wait_seconds, max=retry_policy.max_wait_seconds
             ),
-            retry=retry_if_result(lambda outcome: isinstance(outcome, Retryable) and outcome.reason != HALTED_REASON),
+            retry=retry_if_result(
+                lambda outcome: isinstance(outcome, Retryable) and outcome.reason not in NOT_RETRIED_REASONS
+            ),
             retry_error_callback=_last_outcome,
         )
         outcome: SendOutcome = await retrying(attempt, message, status_callback_url(public_base_url, message))

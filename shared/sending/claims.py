@@ -26,7 +26,7 @@ from shared.platform.models import MessageState
 from shared.twilio.error_codes import SEND_OPT_OUT_CODES
 from shared.twilio.gateway import Accepted, Ambiguous, Permanent, Retryable, SendOutcome
 
-__all__ = ["ClaimedMessage", "claim_pending_messages", "record_send_outcomes"]
+__all__ = ["ClaimedMessage", "claim_pending_messages", "expire_unsent_messages", "record_send_outcomes"]
 
 
 def prepare_chunk_claim(
@@ -35,10 +35,18 @@ def prepare_chunk_claim(
     """Before a chunk's claim: False when the broadcast may not send now (scheduled, paused, canceled, done);
     otherwise skip rows whose number opted out and defer rows inside quiet hours (set-based, per chunk)."""
     row = session.execute(
-        text("SELECT status, quiet_hours_start, quiet_hours_end FROM broadcasts WHERE id = :id"),
+        text(
+            # Less than a second left: no request could carry a ValidityPeriod that ends in time.
+            "SELECT status, quiet_hours_start, quiet_hours_end, "
+            "deadline < now() + interval '1 second' AS past_deadline "
+            "FROM broadcasts WHERE id = :id"
+        ),
         {"id": broadcast_id},
     ).one_or_none()
     if row is None or row.status not in broadcast_store.SENDABLE_STATUSES:
+        return False
+    if row.past_deadline:
+        expire_unsent_messages(session, broadcast_id)
         return False
     skip_opted_out_in_chunk(session, broadcast_id, chunk_number)
     quiet = QuietHours.of(row.quiet_hours_start, row.quiet_hours_end)
@@ -46,6 +54,15 @@ def prepare_chunk_claim(
         current = now or session.execute(text("SELECT now()")).scalar_one()
         defer_quiet_rows(session, broadcast_id, chunk_number, quiet, current)
     return True
+
+
+def expire_unsent_messages(session: Session, broadcast_id: uuid.UUID) -> int:
+    """Past the broadcast's deadline: every unsent message becomes `expired`, and the broadcast `submitted` when
+    nothing else is left (broadcast row locked first, the service's lock order)."""
+    broadcast_store.lock(session, [broadcast_id])
+    expired = message_store.expire_past_deadline(session, broadcast_id)
+    broadcast_store.submit_if_finished(session, broadcast_id)
+    return expired
 
 
 def claim_pending_messages(
@@ -94,6 +111,8 @@ def record_send_outcomes(
         record_opted_out_numbers(session, results)
         released_ids = [message.id for message, outcome in results if isinstance(outcome, Retryable)]
         message_store.cancel_if_broadcast_canceled(session, broadcast_id, released_ids)
+        # Released because the deadline came before their request could start: never sent, and never will be.
+        message_store.expire_past_deadline(session, broadcast_id, released_ids)
     broadcast_store.submit_if_finished(session, broadcast_id)
     return written
 

@@ -1,9 +1,12 @@
 """Periodic recovery (`sms.sweep`): what makes "every recipient sent exactly once" survive crashes.
 
-1. Broadcasts stored but never enqueued (a crash between commit and enqueue): enqueue their pending chunks.
-2. Chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a worker
-   died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
-3. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's whole list
+1. Broadcasts stored but never enqueued (a crash between commit and enqueue): enqueue their released chunks
+   that still have pending rows and fill their window (shared.sending.windows).
+2. Broadcasts past their deadline: their unsent messages become `expired`.
+3. Windows: every broadcast holding chunks back gets its window filled again (a top-up lost with its worker).
+4. Released chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a
+   worker died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
+5. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's whole list
    of messages to that number (queued ones included) decides, by the identity rule of
    shared.sending.reconciliation: found -> `accepted` with its SID; not found -> `pending`, sent again.
 
@@ -33,8 +36,10 @@ from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
 from shared.platform.task_queue import SEND_QUEUE, enqueue_chunks
 from shared.sending.chunks import SendingResources
+from shared.sending.claims import expire_unsent_messages
 from shared.sending.concurrency import SlotPool
 from shared.sending.reconciliation import LostClaim, candidate_sids, match_lost_claims
+from shared.sending.windows import DEFAULT_WINDOW_CHUNKS, release_chunks, top_up_windows
 from shared.twilio.gateway import TwilioLookupError, TwilioMessage
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,8 @@ class SweepReport:
     expired_claims: int = 0  # claims that expired mid-send (`sending` rows past their lease)
     lookups_failed: int = 0
     broadcasts_submitted: int = 0
+    chunks_released: int = 0  # windows topped up after a lost top-up
+    messages_expired: int = 0  # unsent messages of broadcasts past their deadline
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,8 +84,11 @@ class _Suspect:
         return LostClaim(self.id, self.to_number, self.body, self.claimed_until, lease)
 
 
-def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_seconds: float) -> int:
-    """Broadcasts with `enqueued_at IS NULL` for a while: enqueue every chunk that still has pending rows."""
+def enqueue_forgotten_broadcasts(
+    session: Session, app: Celery, older_than_seconds: float, normal_window: int = DEFAULT_WINDOW_CHUNKS
+) -> int:
+    """Broadcasts with `enqueued_at IS NULL` for a while: publish their released chunks that still have pending
+    rows and fill their window (shared.sending.windows)."""
     broadcasts = session.execute(
         text(
             # Scheduled broadcasts wait for their send_at (shared.broadcasts.control releases them); paused and
@@ -91,19 +101,40 @@ def enqueue_forgotten_broadcasts(session: Session, app: Celery, older_than_secon
     ).scalars()
     count = 0
     for broadcast_id in list(broadcasts):
-        chunks = session.execute(
-            text(
-                "SELECT DISTINCT chunk_number FROM messages WHERE broadcast_id = :id AND state = :pending "
-                "ORDER BY chunk_number"
-            ),
-            {"id": broadcast_id, "pending": MessageState.PENDING},
-        ).scalars()
-        chunk_numbers = list(chunks)
-        enqueue_chunks(app, broadcast_id, chunk_numbers)
+        release = release_chunks(session, broadcast_id, normal_window, restart=True)
+        enqueue_chunks(app, broadcast_id, release.chunks)
         broadcast_store.mark_enqueued(session, broadcast_id)
-        logger.warning("broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(chunk_numbers))
+        logger.warning("broadcast %s was never enqueued: enqueued %d chunks", broadcast_id, len(release.chunks))
         count += 1
     return count
+
+
+def broadcasts_past_deadline(session: Session, limit: int = 100) -> list[uuid.UUID]:
+    """Unfinished broadcasts whose deadline has passed (their unsent messages are expired)."""
+    rows = session.execute(
+        text(
+            "SELECT id FROM broadcasts WHERE completed_at IS NULL AND deadline < now() + interval '1 second' "
+            "AND status = ANY(CAST(:statuses AS text[])) ORDER BY deadline LIMIT :limit"
+        ),
+        {
+            "statuses": [*(status.value for status in broadcast_store.SENDABLE_STATUSES), BroadcastStatus.PAUSED],
+            "limit": limit,
+        },
+    ).scalars()
+    return list(rows)
+
+
+def expire_past_deadlines(resources: SendingResources, report: SweepReport) -> None:
+    """Every unsent message (pending, deferred, awaiting a delivery retry) of a broadcast past its deadline becomes
+    `expired`, whichever chunk it is in, released or not; one transaction per broadcast."""
+    with session_scope(resources.session_factory) as session:
+        broadcast_ids = broadcasts_past_deadline(session)
+    for broadcast_id in broadcast_ids:
+        with session_scope(resources.session_factory) as session:
+            expired = expire_unsent_messages(session, broadcast_id)
+        if expired:
+            report.messages_expired += expired
+            logger.info("broadcast %s: deadline passed, %d unsent messages expired", broadcast_id, expired)
 
 
 def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_000) -> list[tuple[uuid.UUID, int]]:
@@ -116,6 +147,8 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
             "FROM broadcasts b JOIN messages m ON m.broadcast_id = b.id AND m.state = :pending "
             "WHERE b.completed_at IS NULL AND b.enqueued_at IS NOT NULL "
             "AND b.status IN (:queued, :sending, :submitted) "
+            # Chunks not yet released wait for their window (shared.sending.windows), not for the sweeper.
+            "AND m.chunk_number < b.chunks_released "
             "AND m.updated_at < now() - make_interval(secs => :idle) "
             # Rows deferred by quiet hours wait for their not_before (sms.release_deferred enqueues them).
             "AND (m.not_before IS NULL OR m.not_before <= now()) "
@@ -301,7 +334,12 @@ def sweep(resources: SendingResources, app: Celery) -> SweepReport:
         return report
     try:
         with session_scope(resources.session_factory) as session:
-            report.broadcasts_enqueued = enqueue_forgotten_broadcasts(session, app, UNENQUEUED_AGE_SECONDS)
+            report.broadcasts_enqueued = enqueue_forgotten_broadcasts(
+                session, app, UNENQUEUED_AGE_SECONDS, settings.send_window_chunks
+            )
+        expire_past_deadlines(resources, report)
+        with session_scope(resources.session_factory) as session:
+            report.chunks_released = top_up_windows(session, app, settings.send_window_chunks)
 
         queued = resources.run(_queue_length(resources))
         if queued == 0:

@@ -197,6 +197,15 @@ _CODES = (
         on_callback=CallbackErrorBehaviour.DELIVERY_RETRY,
     ),
     TwilioErrorCode(
+        30036,
+        "Validity period expired",
+        "The message waited in the sender's queue at Twilio longer than its ValidityPeriod (set from the "
+        "broadcast's `validity_period`, or the time left before its `deadline`) and was never sent.",
+        "Nothing to retry: the deadline or validity period has passed. Add senders, or send earlier, so the "
+        "queue drains in time.",
+        on_callback=CallbackErrorBehaviour.FINAL,
+    ),
+    TwilioErrorCode(
         30034,
         "Unregistered US A2P 10DLC number",
         "The message came from a US long code that is not registered for A2P 10DLC.",

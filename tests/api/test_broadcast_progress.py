@@ -64,6 +64,7 @@ def test_progress_shows_shares_delivery_rate_and_error_codes(
         "retry_scheduled": 2,
         "skipped": 0,
         "canceled": 0,
+        "expired": 0,
     }
     assert body["progress"] == {
         "submitted": 17,

@@ -51,6 +51,7 @@ def test_progress_counts_messages_in_each_state(client: FlaskClient, auth: dict[
         "retry_scheduled": 0,
         "skipped": 0,
         "canceled": 0,
+        "expired": 0,
     }
     assert body["status"] == "queued"
     assert body["body"] == "hi"

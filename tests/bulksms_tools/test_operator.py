@@ -227,6 +227,22 @@ def test_send_with_a_client_reference_then_list_by_it(stack: Stack, tmp_path: Pa
     assert nothing.exit_code == 0 and "no broadcast has the client reference 'crm-nobody'" in nothing.output
 
 
+def test_send_with_a_priority_and_a_deadline(stack: Stack, tmp_path: Path) -> None:
+    send_at = datetime.now(UTC) + timedelta(days=1)
+    deadline = (send_at + timedelta(hours=2)).isoformat(timespec="seconds")
+    contacts = contacts_csv(tmp_path / "urgent.csv", 2, start=420)
+    sent = stack.run(
+        "send", str(contacts), "-m", "Urgent", "--yes", "--send-at", send_at.isoformat(timespec="seconds"),
+        "--priority", "high", "--deadline", deadline,
+    )  # fmt: skip
+    assert sent.exit_code == 0, sent.output
+    summary = tally(sent.output)
+    assert summary["priority"] == "high"
+    assert datetime.fromisoformat(summary["deadline"]) == datetime.fromisoformat(deadline)
+    refused = stack.run("send", str(contacts), "-m", "Late", "--yes", "--deadline", "2020-01-01T00:00:00Z")
+    assert refused.exit_code != 0 and "deadline" in refused.output
+
+
 def test_pause_and_resume_a_sending_broadcast(stack: Stack, tmp_path: Path) -> None:
     contacts = contacts_csv(tmp_path / "contacts.csv", 3000, start=1000)
     sent = stack.run("send", str(contacts), "-m", "Bulk", "--yes")

@@ -199,4 +199,5 @@ def test_progress_counts_every_state_including_empty_ones(db_session: Session) -
         "retry_scheduled": 0,
         "skipped": 0,
         "canceled": 0,
+        "expired": 0,
     }

@@ -101,6 +101,13 @@ def _cancel(session: Session, broadcast_id: uuid.UUID, message_id: int, state: M
     return store.cancel_unsent(session, broadcast_id)
 
 
+def _expire(session: Session, broadcast_id: uuid.UUID, message_id: int, state: MessageState) -> int:
+    session.execute(
+        text("UPDATE broadcasts SET deadline = now() - interval '1 second' WHERE id = :id"), {"id": broadcast_id}
+    )
+    return store.expire_past_deadline(session, broadcast_id)
+
+
 ATTEMPTS: dict[MessageEvent, list[tuple[MessageState, Attempt]]] = {
     MessageEvent.CLAIM: [(MessageState.SENDING, _claim)],
     MessageEvent.RECORD_OUTCOME: [
@@ -115,6 +122,7 @@ ATTEMPTS: dict[MessageEvent, list[tuple[MessageState, Attempt]]] = {
     MessageEvent.SKIP_OPTED_OUT: [(MessageState.SKIPPED, _skip_opted_out)],
     MessageEvent.DEFER: [(MessageState.PENDING, _defer)],
     MessageEvent.CANCEL: [(MessageState.CANCELED, _cancel)],
+    MessageEvent.EXPIRE: [(MessageState.EXPIRED, _expire)],
 }
 
 LEGAL = sorted(
