@@ -35,6 +35,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bulksms_tools.api_client import ApiClient, ApiRefused, ApiUnavailable
+from shared.platform.csv_cells import safe_row
 from shared.platform.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -626,7 +627,7 @@ def messages_as_csv(client: ApiClient, broadcast_id: str, state: str | None) -> 
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_COLUMNS)
     for number, item in enumerate(client.messages(broadcast_id, state), start=1):
-        writer.writerow(["" if item.get(column) is None else item.get(column) for column in EXPORT_COLUMNS])
+        writer.writerow(safe_row(item.get(column) for column in EXPORT_COLUMNS))
         if number % 1000 == 0:
             yield buffer.getvalue().encode()
             buffer.seek(0)

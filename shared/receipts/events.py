@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
-from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
+from shared.compliance.opt_outs import SOURCE_CALLBACK_21610, SOURCE_INBOUND, add_opt_outs, classify_reply, lift_stop
 from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
 from shared.messages.store import AttemptReceipt, ReceiptUpdate
@@ -54,7 +54,6 @@ from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 
 logger = logging.getLogger(__name__)
 
-OPT_OUT_SOURCE = "callback_21610"
 INBOUND_STATUS = "received"  # Twilio's status of a message it received for us: how replies are kept
 # Two consumer slots may hold copies of one callback in batches applied at the same moment; they take turns on
 # this transaction-scoped lock for the "already stored?" check and the insert, so a copy is never stored twice.
@@ -348,7 +347,7 @@ def apply_inbound_replies(session: Session, replies: Sequence[tuple[ReceivedEven
             reason = f"replied {(body or 'STOP').strip()[:40]}"
             report.opted_out += len(add_opt_outs(session, [sender], source=SOURCE_INBOUND, reason=reason).added)
         else:
-            report.opted_in += remove_opt_out(session, sender)
+            report.opted_in += lift_stop(session, sender)  # only a STOP's own suppression
         logger.info("inbound %s from %s applied", kind.upper(), mask_phone_number(sender))
     if replies:
         session.execute(
@@ -648,7 +647,9 @@ def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages:
             number = messages[event.message_id].to_number
         if number:
             numbers.add(number)
-    added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE, reason="Twilio error 21610 in a status callback")
+    added = add_opt_outs(
+        session, numbers, source=SOURCE_CALLBACK_21610, reason="Twilio error 21610 in a status callback"
+    )
     return len(added.added)
 
 
