@@ -7,13 +7,13 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.auth import require_api_key
+from api.auth import key_limits, require_api_key, too_many_requests
 from api.broadcast_controls import check_schedule
 from api.context import db_session, services
 from api.csv_intake import csv_broadcast_request, is_csv_upload, with_line_numbers
@@ -41,7 +41,9 @@ from shared.broadcasts.intake import (
 )
 from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
-from shared.platform.models import Broadcast, BroadcastStatus
+from shared.platform.key_limits import LimitExceeded
+from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
+from shared.platform.settings import Settings
 from shared.receipts.completion import completion_reason
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,18 @@ def _cyclic_garbage_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _daily_allowance(api_key: ApiKey, settings: Settings) -> Callable[[int], Callable[[], None]]:
+    """Reserves a broadcast's accepted recipients in the key's daily message limit (Redis, fleet-wide)."""
+    limit = api_key.daily_message_limit if api_key.daily_message_limit is not None else settings.daily_message_limit
+    limits = key_limits()
+
+    def reserve(count: int) -> Callable[[], None]:
+        reservation = limits.reserve_recipients(api_key.id, count, limit)
+        return lambda: limits.give_back(reservation)
+
+    return reserve
+
+
 @blueprint.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
     with _cyclic_garbage_collection_paused():
@@ -151,7 +165,11 @@ def _create() -> tuple[Response, int, dict[str, str]]:
             pricing=pricing,
             smart_encoding=settings.smart_encoding,
             number_rules=number_rules_for(broadcast_request, api_key, settings),
+            test=api_key.is_test,
+            reserve_recipients=_daily_allowance(api_key, settings),
         )
+    except LimitExceeded as exceeded:
+        raise too_many_requests(exceeded) from None
     except InvalidRecipientsError as error:
         raise ApiProblem(
             422,
