@@ -20,6 +20,7 @@ class OutgoingContent:
     media_urls: tuple[str, ...] | None = None
     validity_period: int | None = None
     smart_encoded: bool = False
+    test: bool = False  # a test key's broadcast: sent through the test account (shared.twilio.accounts)
 
     def body_for(self, variables: Mapping[str, str] | None) -> str:
         return self.body if self.template is None else self.template.render(variables)
@@ -39,7 +40,9 @@ class OutgoingContent:
 def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> OutgoingContent | None:
     """The broadcast's content and send options, or None when there is no such broadcast."""
     row = session.execute(
-        text("SELECT body, is_template, media_urls, validity_period, smart_encoded FROM broadcasts WHERE id = :id"),
+        text(
+            "SELECT body, is_template, media_urls, validity_period, smart_encoded, test FROM broadcasts WHERE id = :id"
+        ),
         {"id": broadcast_id},
     ).one_or_none()
     if row is None:
@@ -50,4 +53,5 @@ def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> Outgoing
         media_urls=tuple(row.media_urls) if row.media_urls else None,
         validity_period=row.validity_period,
         smart_encoded=bool(row.smart_encoded),
+        test=bool(row.test),
     )

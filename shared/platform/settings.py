@@ -241,6 +241,16 @@ class Settings:
         return bool(self.twilio_account_sid and self.twilio_messaging_service_sid and self.twilio_rest_credentials)
 
     @property
+    def test_account_configured(self) -> bool:
+        """Test keys' broadcasts can be sent: the test account and where it is (the simulator) are set."""
+        return bool(
+            self.test_twilio_account_sid
+            and self.test_twilio_auth_token
+            and self.test_twilio_messaging_service_sid
+            and self.test_twilio_base_url
+        )
+
+    @property
     def twilio_rest_credentials(self) -> tuple[str, str] | None:
         """(username, password) for Twilio's REST API: the API Key when one is set (it can be revoked alone),
         else the Account SID and Auth Token; None when neither is complete."""
