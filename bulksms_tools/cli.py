@@ -595,11 +595,26 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "STATUS_BATCH_SIZE",
             "STATUS_BATCH_SECONDS",
             "COMPLETION_IDLE_SECONDS",
+            "RETENTION_DAYS",
             "TRUSTED_PROXY_COUNT",
             "WEBHOOK_PORT",
             "WEBHOOK_MAX_BODY_BYTES",
             "WEBHOOK_READ_TIMEOUT_SECONDS",
         ],
+    ),
+    (
+        "Test keys (`bulksms keys create NAME --test`): the test account their broadcasts are sent through, never "
+        "Twilio (the compose `test-simulator` service: TEST_TWILIO_BASE_URL=http://test-simulator:8010).",
+        [
+            "TEST_TWILIO_ACCOUNT_SID",
+            "TEST_TWILIO_AUTH_TOKEN",
+            "TEST_TWILIO_MESSAGING_SERVICE_SID",
+            "TEST_TWILIO_BASE_URL",
+        ],
+    ),
+    (
+        "Limits per API key; a key may have its own (`bulksms keys create/update --rate-limit --daily-limit`).",
+        ["RATE_LIMIT_PER_MINUTE", "DAILY_MESSAGE_LIMIT"],
     ),
     ("Metrics.", ["METRICS_TOKEN"]),
     ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
@@ -712,6 +727,11 @@ def _exec(arguments: list[str]) -> NoReturn:
 @click.option("--auth-token", help="Default: TWILIO_AUTH_TOKEN, else one generated and kept in the data folder.")
 @click.option("--latency-ms", default=100, show_default=True)
 @click.option("--max-concurrency", default=100, show_default=True)
+@click.option(
+    "--test-account",
+    is_flag=True,
+    help="Be the deployment's test account: TEST_TWILIO_ACCOUNT_SID and TEST_TWILIO_AUTH_TOKEN (test keys send here).",
+)
 @click.pass_context
 def simulator(
     ctx: click.Context,
@@ -721,9 +741,14 @@ def simulator(
     auth_token: str | None,
     latency_ms: int,
     max_concurrency: int,
+    test_account: bool,
 ) -> None:
     """Run the Twilio simulator alone (extra options go to `python -m bulksms_tools.simulator`)."""
     settings = load_settings()
+    if test_account:
+        settings.require("test_twilio_account_sid", "test_twilio_auth_token")
+        account_sid = account_sid or settings.test_twilio_account_sid
+        auth_token = auth_token or settings.test_twilio_auth_token
     account_sid = account_sid or settings.twilio_account_sid
     auth_token = auth_token or settings.twilio_auth_token
     if not account_sid or not auth_token:
@@ -737,7 +762,8 @@ def simulator(
         "--account-sid", account_sid, "--auth-token", auth_token,
         "--latency-ms", str(latency_ms), "--max-concurrency", str(max_concurrency),
     ]  # fmt: skip
-    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:  # the workers may send with the API Key
+    # The workers may send to the live account with the API Key (a test account is always its SID and token).
+    if not test_account and settings.twilio_api_key_sid and settings.twilio_api_key_secret:
         arguments += ["--api-key-sid", settings.twilio_api_key_sid, "--api-key-secret", settings.twilio_api_key_secret]
     _exec([*arguments, *ctx.args])
 
