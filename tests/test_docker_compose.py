@@ -207,4 +207,3 @@ def test_the_test_account_simulator_is_a_service_of_every_deployment_and_stays_i
     port = words[words.index("--port") + 1]
     # .env.example tells operators where the workers find it.
     assert f"TEST_TWILIO_BASE_URL=http://test-simulator:{port}" in (REPOSITORY_ROOT / ".env.example").read_text()
-
