@@ -155,3 +155,41 @@ def test_a_test_keys_broadcast_runs_the_whole_pipeline_against_the_test_account_
         ).scalar_one()
         opted_out = connection.execute(text("SELECT count(*) FROM opted_out_numbers")).scalar_one()
     assert (stored, opted_out) == (0, 0)
+
+
+def test_without_a_test_account_a_test_broadcast_waits_and_never_reaches_the_live_account(
+    settings: Settings,
+    api: FlaskClient,
+    engine: Engine,
+    db_session: Session,
+    simulator: SimulatorControl,
+    artifacts_directory: Path,
+) -> None:
+    """The worker picks the account per broadcast and has no fallback: with TEST_TWILIO_* unset, a test key's
+    broadcast stays pending (and the worker says why) while a live one is sent."""
+    unconfigured = settings.replace(
+        test_twilio_account_sid=None,
+        test_twilio_auth_token=None,
+        test_twilio_messaging_service_sid=None,
+        test_twilio_base_url=None,
+    )
+    test_numbers = [f"+1555{index:07d}" for index in range(200, 205)]
+    live_numbers = [f"+1555{index:07d}" for index in range(300, 305)]
+    test_id = api.post(
+        "/v1/broadcasts", json={"message": "try", "recipients": test_numbers}, headers=bearer(db_session, "t", True)
+    ).get_json()["id"]
+    live_id = api.post(
+        "/v1/broadcasts", json={"message": "real", "recipients": live_numbers}, headers=bearer(db_session, "l", False)
+    ).get_json()["id"]
+    processes = WorkerProcesses(unconfigured, artifacts_directory)
+    try:
+        log = artifacts_directory / "worker-without-test-account.log"
+        logged_before = log.stat().st_size if log.exists() else 0
+        processes.start_worker(name="worker-without-test-account")
+        wait_until(lambda: states(engine, live_id).get("pending", 0) == 0, 60, message="the live broadcast sent")
+        time.sleep(2)
+        assert states(engine, test_id) == {"pending": 5}
+        assert [len(simulator.received(number)) for number in test_numbers] == [0] * 5
+        assert "TEST_TWILIO_ACCOUNT_SID" in log.read_bytes()[logged_before:].decode()
+    finally:
+        processes.stop_all()
