@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring as encode_json_string
 from typing import Any, Generic, TypeVar
@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
-from sqlalchemy import select, text, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -302,17 +302,15 @@ def _copy_messages(
 IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
 
 
-def find_idempotent_broadcast(
-    session: Session, api_key_id: int, idempotency_key: str, now: datetime | None = None
-) -> Broadcast | None:
-    """The broadcast this key created with `idempotency_key` in the last 24 hours, if any."""
-    since = (now or datetime.now(UTC)) - IDEMPOTENCY_KEY_LIFETIME
+def find_idempotent_broadcast(session: Session, api_key_id: int, idempotency_key: str) -> Broadcast | None:
+    """The broadcast this key created with `idempotency_key` in the last 24 hours, if any (the database's clock,
+    which also stamped `created_at`)."""
     return session.scalar(
         select(Broadcast)
         .where(
             Broadcast.api_key_id == api_key_id,
             Broadcast.idempotency_key == idempotency_key,
-            Broadcast.created_at > since,
+            Broadcast.created_at > func.now() - IDEMPOTENCY_KEY_LIFETIME,
         )
         .order_by(Broadcast.created_at.desc())
         .limit(1)
@@ -364,7 +362,7 @@ def create_broadcast(
     if idempotency_key is not None and fingerprint is not None:
         # Held until this transaction ends (commit or rollback): the whole intake is one request per key at a time.
         lock_idempotency_key(session, api_key_id, idempotency_key)
-        existing = find_idempotent_broadcast(session, api_key_id, idempotency_key, now)
+        existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
         if existing is not None:
             session.rollback()  # releases the lock
             return _replay(existing, fingerprint)
