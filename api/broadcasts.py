@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis.exceptions
 from flask import Blueprint, Response, jsonify, request, url_for
 
 from api.auth import key_limits, require_api_key, too_many_requests
@@ -115,8 +116,22 @@ def _daily_allowance(api_key: ApiKey, settings: Settings) -> Callable[[int], Cal
     limits = key_limits()
 
     def reserve(count: int) -> Callable[[], None]:
-        reservation = limits.reserve_recipients(api_key.id, count, limit)
-        return lambda: limits.give_back(reservation)
+        try:
+            reservation = limits.reserve_recipients(api_key.id, count, limit)
+        except redis.exceptions.RedisError as error:
+            # Redis answered the PING at the start of this request and went away since: the broadcast is stored
+            # anyway (the sweeper enqueues it once Redis is back, as for a failed enqueue), uncounted, rather than
+            # refused after its recipients were read and copied.
+            logger.warning("daily message limit not counted, Redis unavailable: %s", type(error).__name__)
+            return lambda: None
+
+        def give_back() -> None:
+            try:
+                limits.give_back(reservation)
+            except redis.exceptions.RedisError as error:  # the intake's own error is the one to report
+                logger.warning("daily message limit not given back, Redis unavailable: %s", type(error).__name__)
+
+        return give_back
 
     return reserve
 
