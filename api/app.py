@@ -8,6 +8,7 @@ import redis
 from flask import Flask
 
 from api import broadcast_controls, broadcasts, exports, health, opt_outs, recipients
+from api.auth import init_auth
 from api.context import EXTENSION_NAME, ApiServices, close_db_session
 from api.dashboard import init_dashboard
 from api.errors import register_error_handlers
@@ -58,6 +59,7 @@ def create_app(settings: Settings) -> Flask:
     app.register_blueprint(recipients.blueprint)  # DELETE /v1/recipients/{number}: erasure on request
     init_dashboard(app, settings)  # /dashboard/ pages, signed in with an API key
     init_request_logging(app)  # X-Request-Id, one log line per request
+    init_auth(app)  # key, scope and request rate of every endpoint (after the request id is set)
     services = app.extensions[EXTENSION_NAME]
     init_metrics(app, settings, services.redis_client, services.session_factory)  # GET /metrics
     init_openapi(app)  # /openapi.json and /docs, built from the routes registered above

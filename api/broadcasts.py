@@ -7,13 +7,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis.exceptions
 from flask import Blueprint, Response, jsonify, request, url_for
 
-from api.auth import require_api_key
+from api.auth import key_limits, require_api_key, too_many_requests
 from api.broadcast_controls import check_schedule, utc_now
 from api.context import db_session, services
 from api.csv_intake import csv_broadcast_request, is_csv_upload, with_line_numbers
@@ -42,7 +43,9 @@ from shared.broadcasts.intake import (
 )
 from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
-from shared.platform.models import Broadcast, BroadcastStatus
+from shared.platform.key_limits import LimitExceeded
+from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
+from shared.platform.settings import Settings
 from shared.receipts.completion import completion_reason
 
 logger = logging.getLogger(__name__)
@@ -108,6 +111,32 @@ def _cyclic_garbage_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _daily_allowance(api_key: ApiKey, settings: Settings) -> Callable[[int], Callable[[], None]]:
+    """Reserves a broadcast's accepted recipients in the key's daily message limit (Redis, fleet-wide)."""
+    limit = api_key.daily_message_limit if api_key.daily_message_limit is not None else settings.daily_message_limit
+    limits = key_limits()
+
+    def reserve(count: int) -> Callable[[], None]:
+        try:
+            reservation = limits.reserve_recipients(api_key.id, count, limit)
+        except redis.exceptions.RedisError as error:
+            # Redis answered the PING at the start of this request and went away since: the broadcast is stored
+            # anyway (the sweeper enqueues it once Redis is back, as for a failed enqueue), uncounted, rather than
+            # refused after its recipients were read and copied.
+            logger.warning("daily message limit not counted, Redis unavailable: %s", type(error).__name__)
+            return lambda: None
+
+        def give_back() -> None:
+            try:
+                limits.give_back(reservation)
+            except redis.exceptions.RedisError as error:  # the intake's own error is the one to report
+                logger.warning("daily message limit not given back, Redis unavailable: %s", type(error).__name__)
+
+        return give_back
+
+    return reserve
+
+
 @blueprint.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
     with _cyclic_garbage_collection_paused():
@@ -152,7 +181,11 @@ def _create() -> tuple[Response, int, dict[str, str]]:
             pricing=pricing,
             smart_encoding=settings.smart_encoding,
             number_rules=number_rules_for(broadcast_request, api_key, settings),
+            test=api_key.is_test,
+            reserve_recipients=_daily_allowance(api_key, settings),
         )
+    except LimitExceeded as exceeded:
+        raise too_many_requests(exceeded) from None
     except InvalidRecipientsError as error:
         raise ApiProblem(
             422,

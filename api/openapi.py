@@ -20,9 +20,11 @@ from apispec.ext.marshmallow import MarshmallowPlugin
 from flask import Flask, Response, current_app
 from marshmallow import Schema
 
+from api.auth import ENDPOINT_SCOPES
 from api.csv_intake import LIST_OPTIONS, SCALAR_OPTIONS
 from api.errors import PROBLEM_CONTENT_TYPE
 from shared.broadcasts.options import OPTIONS_BY_NAME, View, shown_examples
+from shared.platform.api_keys import SCOPES
 
 OPENAPI_VERSION = "3.0.3"
 API_TITLE = "bulksms"
@@ -33,7 +35,8 @@ JSON = "application/json"
 PROBLEM_STATUSES = {
     400: "Malformed request: body not JSON, bad `Idempotency-Key`, or a paging cursor not from this API.",
     401: "`Authorization: Bearer <key>` missing, or the key is unknown or revoked (`WWW-Authenticate: Bearer`).",
-    403: "The `X-Twilio-Signature` header is missing or does not match the request.",
+    403: "The API key's scope does not cover this operation (`required_scope`); for Twilio's webhooks, the "
+    "`X-Twilio-Signature` header is missing or does not match the request.",
     404: "No such path, or no such resource for this API key.",
     405: "Method not allowed on this path (`Allow` lists the allowed ones).",
     408: "A Twilio webhook body did not arrive within `WEBHOOK_READ_TIMEOUT_SECONDS`.",
@@ -41,12 +44,13 @@ PROBLEM_STATUSES = {
     413: "The request body is over `MAX_REQUEST_BYTES` (`WEBHOOK_MAX_BODY_BYTES` for Twilio's webhooks).",
     415: "The body was not sent with the content type this operation takes.",
     422: "Validation failed: `errors` names each field (invalid recipients, template values, over a limit, ...).",
+    429: "Over the API key's requests per minute, or a broadcast over its recipients per day; `Retry-After` says when.",
     500: "Something unexpected; logged server-side, never a stack trace.",
     503: "PostgreSQL or Redis unreachable (`Retry-After: 5`); nothing was stored.",
 }
 # Statuses any route of the app may answer whatever it does.
 COMMON_STATUSES = (500,)
-V1_STATUSES = (401, 500, 503)
+V1_STATUSES = (401, 429, 500, 503)
 # Schemas describing requests; every other schema describes stored rows, whose fields may be null.
 INPUT_SCHEMA_MARKERS = ("Request", "Query", "Create", "Reschedule", "QuietHours")
 IGNORED_ENDPOINTS = {"static"}
@@ -65,6 +69,7 @@ BROADCAST_ID_EXAMPLE = "6f1d0c5e-8a53-4a4e-9a53-6c7d0e0b8f11"
 BROADCAST_EXAMPLE: dict[str, Any] = {
     "id": BROADCAST_ID_EXAMPLE,
     "status": "scheduled",
+    "test": False,
     "recipients": {
         "received": 3,
         "accepted": 3,
@@ -653,6 +658,13 @@ def _operation(
     if path.startswith("/v1"):
         operation.setdefault("security", [{BEARER_SCHEME: []}])
         errors += list(V1_STATUSES)
+        scope = ENDPOINT_SCOPES.get(endpoint)
+        if scope in SCOPES:
+            operation["description"] = (
+                f"{operation.get('description', '')}\n\nNeeds a key with the `{scope}` scope.".strip()
+            )
+            if scope != SCOPES[0]:
+                errors.append(403)
     else:
         operation.setdefault("security", [])
     errors += list(COMMON_STATUSES)

@@ -28,8 +28,7 @@ FALSE_VALUES = ("", "0", "false", "no")
 
 @blueprint.delete("/recipients/<path:number>")
 def erase(number: str) -> tuple[Response, int]:
-    # Any valid key may erase until keys carry scopes; then this needs `admin`.
-    require_api_key()
+    require_api_key()  # an `admin` key (api.auth.ENDPOINT_SCOPES)
     delete_at_twilio = request.args.get("delete_at_twilio", "false").strip().lower()
     if delete_at_twilio not in TRUE_VALUES + FALSE_VALUES:
         raise ApiProblem(

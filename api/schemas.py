@@ -81,6 +81,8 @@ class BroadcastSchema(Schema):
 
     id = fields.UUID()
     status = fields.String()
+    # Created with a test key: sent through the test account (the simulator), never to a phone.
+    test = fields.Boolean()
     recipients = fields.Function(
         lambda broadcast: {
             "received": broadcast.recipients_received,

@@ -45,6 +45,8 @@ WEBHOOK_PATHS = frozenset({STATUS_CALLBACK_PATH, INBOUND_PATH})
 EXTENSION_NAME = "bulksms.webhooks"
 # Set by the gate, and only after the signature matched: a client cannot put a key into the WSGI environment.
 VERIFIED_FORM_KEY = "bulksms.twilio_form"
+# Set by the gate to True when the test account's token signed the status callback (for test messages only).
+TEST_ACCOUNT_KEY = "bulksms.test_account"
 # The webhook's Redis round trip must fail fast: Twilio waits at most a few seconds, then retries.
 REDIS_TIMEOUT_SECONDS = 2.0
 
@@ -60,6 +62,9 @@ class WebhookServices:
     max_body_bytes: int
     read_deadlines: ReadDeadlines
     metrics: MetricsRecorder = field(default_factory=MetricsRecorder)  # flushed to Redis about once a second
+    # TEST_TWILIO_AUTH_TOKEN: tried only for status callbacks, after the live tokens; what it signs is queued as a
+    # test-account callback, which the consumer applies to test messages only. Never for inbound replies.
+    test_signatures: SignatureChecker | None = None
 
 
 def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | None = None) -> None:
@@ -82,6 +87,9 @@ def init_webhooks(app: Flask, settings: Settings, redis_client: redis.Redis | No
         public_base_url=settings.public_base_url.rstrip("/") if settings.public_base_url else None,
         max_body_bytes=settings.webhook_max_body_bytes,
         read_deadlines=ReadDeadlines(settings.webhook_read_timeout_seconds),
+        test_signatures=SignatureChecker([settings.test_twilio_auth_token])
+        if settings.test_twilio_auth_token
+        else None,
     )
     # Inside ProxyFix (installed next), so the gate sees the same scheme, host and prefix as Flask would.
     app.wsgi_app = TwilioWebhookGate(app.wsgi_app, app, services)  # type: ignore[method-assign]
@@ -160,7 +168,8 @@ def accept_status_callback(services: WebhookServices) -> Response:
         )
     # A RedisError propagates to the 503 handler in api.errors: not queued, so Twilio must retry.
     arguments = request.args
-    services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"))
+    test_account = bool(request.environ.get(TEST_ACCOUNT_KEY))
+    services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"), test_account)
     services.metrics.increment(CALLBACKS_RECEIVED, {"status": callback_status_label(parameters["MessageStatus"])})
     return Response(status=204)
 
@@ -237,17 +246,19 @@ class TwilioWebhookGate:
                 self.services.metrics, self.services.redis_client, admitted.status_code, time.perf_counter() - started
             )
             return admitted(environ, start_response)
-        body, parameters = admitted
-        if path == STATUS_CALLBACK_PATH and self._queue_status_callback(environ, parameters, started):
+        body, parameters, test_account = admitted
+        if path == STATUS_CALLBACK_PATH and self._queue_status_callback(environ, parameters, started, test_account):
             start_response("204 No Content", [])
             return ()
         environ[VERIFIED_FORM_KEY] = parameters
+        environ[TEST_ACCOUNT_KEY] = test_account
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
         return self.wsgi_app(environ, start_response)
 
-    def _admit(self, environ: WSGIEnvironment, path: str) -> tuple[bytes, FormParameters] | Response:
-        """(body, parameters) of a request Twilio signed, else the refusal to answer."""
+    def _admit(self, environ: WSGIEnvironment, path: str) -> tuple[bytes, FormParameters, bool] | Response:
+        """(body, parameters, signed by the test account) of a request Twilio (or, for a status callback, the test
+        account) signed, else the refusal to answer."""
         signature = environ.get("HTTP_X_TWILIO_SIGNATURE")
         signatures = self.services.signatures
         if not signature or signatures is None:
@@ -263,18 +274,28 @@ class TwilioWebhookGate:
             url = self._url_twilio_called(environ, path)
         except SecurityError:
             return problem_response(400, "The Host header is not one this server answers for.")
-        if not signatures.matches(url, parameters, signature):
-            return invalid_signature_response()
-        return body, parameters
+        if signatures.matches(url, parameters, signature):
+            return body, parameters, False
+        # Inbound replies never: a test-account signature must not change the opt-out list.
+        test_signatures = self.services.test_signatures
+        if (
+            path == STATUS_CALLBACK_PATH
+            and test_signatures is not None
+            and test_signatures.matches(url, parameters, signature)
+        ):
+            return body, parameters, True
+        return invalid_signature_response()
 
-    def _queue_status_callback(self, environ: WSGIEnvironment, parameters: FormParameters, started: float) -> bool:
+    def _queue_status_callback(
+        self, environ: WSGIEnvironment, parameters: FormParameters, started: float, test_account: bool
+    ) -> bool:
         """XADD a complete status callback; False leaves it to the Flask view (400, or 503 after one more try)."""
         services = self.services
         if not (parameters.get("MessageSid") and parameters.get("MessageStatus")):
             return False
         arguments = self._first_values(environ.get("QUERY_STRING", ""))
         try:
-            services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"))
+            services.writer.push(parameters, arguments.get("message_id"), arguments.get("attempt"), test_account)
         except redis.RedisError:
             return False
         services.metrics.increment(CALLBACKS_RECEIVED, {"status": callback_status_label(parameters["MessageStatus"])})

@@ -132,6 +132,7 @@ class ApiClient:
         file: IO[bytes],
         options: dict[str, str],
         on_bytes: Callable[[int], None] | None = None,
+        idempotency_key: str | None = None,
     ) -> tuple[int, dict[str, Any]]:
         """Stream a CSV to `POST /v1/broadcasts` (`text/csv`, options in the query string): (status, body)."""
         response = self.request(
@@ -139,13 +140,19 @@ class ApiClient:
             "/v1/broadcasts",
             params=options,
             data=UploadReader(file, on_bytes),
-            headers={"Content-Type": "text/csv"},
+            headers={"Content-Type": "text/csv", **_idempotency_header(idempotency_key)},
             timeout=UPLOAD_TIMEOUT_SECONDS,
         )
         return response.status_code, dict(response.json())
 
-    def create_broadcast(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        response = self.request("POST", "/v1/broadcasts", json=body, timeout=UPLOAD_TIMEOUT_SECONDS)
+    def create_broadcast(self, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[int, dict[str, Any]]:
+        response = self.request(
+            "POST",
+            "/v1/broadcasts",
+            json=body,
+            headers=_idempotency_header(idempotency_key),
+            timeout=UPLOAD_TIMEOUT_SECONDS,
+        )
         return response.status_code, dict(response.json())
 
     def broadcast(self, broadcast_id: str) -> dict[str, Any]:
@@ -217,3 +224,7 @@ def _connection_reason(error: requests.ConnectionError) -> str:
     if "Name or service not known" in text or "nodename nor servname" in text:
         return "unknown host"
     return "connection failed"
+
+
+def _idempotency_header(key: str | None) -> dict[str, str]:
+    return {"Idempotency-Key": key} if key else {}

@@ -368,8 +368,44 @@ def keys() -> None:
     """Create, list and revoke API keys."""
 
 
+def limit_options(function: Any) -> Any:
+    """--rate-limit and --daily-limit, shared by `keys create` and `keys update`."""
+    function = click.option(
+        "--daily-limit",
+        type=click.IntRange(0),
+        help="Recipients this key may have accepted per UTC day (default: the DAILY_MESSAGE_LIMIT setting).",
+    )(function)
+    return click.option(
+        "--rate-limit",
+        type=click.IntRange(0),
+        help="API requests per minute for this key (default: the RATE_LIMIT_PER_MINUTE setting).",
+    )(function)
+
+
+def describe_limits(rate_limit: int | None, daily_limit: int | None) -> str:
+    rate = f"{rate_limit:,}/min" if rate_limit is not None else "RATE_LIMIT_PER_MINUTE"
+    daily = f"{daily_limit:,} recipients/day" if daily_limit is not None else "DAILY_MESSAGE_LIMIT"
+    return f"{rate}, {daily}"
+
+
 @keys.command("create")
 @click.argument("name")
+@click.option(
+    "--scope",
+    type=click.Choice(["read", "send", "admin"]),
+    default="send",
+    show_default=True,
+    help="read: GET only; send: also create and control broadcasts, add opt-outs; admin: also read, export and "
+    "remove the opt-out list and erase a person's number.",
+)
+@click.option(
+    "--test",
+    "is_test",
+    is_flag=True,
+    help="A test key: its broadcasts go through the whole pipeline to the test account (the simulator), never to "
+    "Twilio, and are marked test everywhere.",
+)
+@limit_options
 @click.option(
     "--default-region",
     metavar="CC",
@@ -381,7 +417,15 @@ def keys() -> None:
     metavar="CC,CC",
     help="Countries (ISO codes, comma-separated) this key's recipients may be in, within ALLOWED_COUNTRIES.",
 )
-def keys_create(name: str, default_region: str | None, allowed_countries: str | None) -> None:
+def keys_create(
+    name: str,
+    scope: str,
+    is_test: bool,
+    rate_limit: int | None,
+    daily_limit: int | None,
+    default_region: str | None,
+    allowed_countries: str | None,
+) -> None:
     """Create an API key called NAME and print it (once)."""
     from shared.compliance.phone_numbers import check_country_codes, check_default_region
     from shared.platform.api_keys import create_api_key
@@ -395,19 +439,65 @@ def keys_create(name: str, default_region: str | None, allowed_countries: str | 
     if countries is not None and not countries:
         error_console.print("[bold red]error:[/] --allowed-countries needs at least one country code")
         sys.exit(2)
-    with database_session(load_settings()) as session:
-        api_key, plaintext = create_api_key(session, name, default_region=region, allowed_countries=countries)
+    settings = load_settings()
+    if is_test and not settings.test_account_configured:
+        error_console.print(
+            "[yellow]warning:[/] TEST_TWILIO_* are not set: this key's broadcasts will wait unsent until the "
+            "workers have a test account (see docs/configuration.md)"
+        )
+    with database_session(settings) as session:
+        api_key, plaintext = create_api_key(
+            session,
+            name,
+            default_region=region,
+            allowed_countries=countries,
+            scope=scope,
+            is_test=is_test,
+            rate_limit_per_minute=rate_limit,
+            daily_message_limit=daily_limit,
+        )
         key_id, signing_secret = api_key.id, api_key.signing_secret
-    rules = [f"default region {region}"] if region else []
+    rules = [("test key, " if is_test else "") + f"scope {scope}", describe_limits(rate_limit, daily_limit)]
+    if region:
+        rules.append(f"default region {region}")
     if countries:
         rules.append("allowed countries " + ", ".join(sorted(countries)))
-    console.print(f"created API key {key_id} ({name}{'; ' + '; '.join(rules) if rules else ''}):")
+    console.print(f"created API key {key_id} ({name}; {'; '.join(rules)}):")
     click.echo(plaintext)
     console.print("signing secret (verifies the X-Bulksms-Signature of completion callbacks):")
     click.echo(signing_secret)
     console.print(
         "[yellow]Store both now: they will not be shown again.[/] Send the key as `Authorization: Bearer <key>`."
     )
+
+
+@keys.command("update")
+@click.argument("key_id", type=int)
+@click.option("--scope", type=click.Choice(["read", "send", "admin"]), help="The key's new scope.")
+@limit_options
+@click.option("--default-limits", is_flag=True, help="Drop the key's own limits: the settings apply again.")
+def keys_update(
+    key_id: int, scope: str | None, rate_limit: int | None, daily_limit: int | None, default_limits: bool
+) -> None:
+    """Change the scope or the limits of the API key with id KEY_ID (whether it is a test key never changes)."""
+    from shared.platform.api_keys import update_api_key
+
+    changes: dict[str, Any] = {"scope": scope}
+    if default_limits:
+        changes.update(rate_limit_per_minute=None, daily_message_limit=None)
+    if rate_limit is not None:
+        changes["rate_limit_per_minute"] = rate_limit
+    if daily_limit is not None:
+        changes["daily_message_limit"] = daily_limit
+    with database_session(load_settings()) as session:
+        api_key = update_api_key(session, key_id, **changes)
+        if api_key is None:
+            error_console.print(f"[bold red]error:[/] no API key with id {key_id} (see `bulksms keys list`)")
+            sys.exit(1)
+        summary = f"scope {api_key.scope}; " + describe_limits(
+            api_key.rate_limit_per_minute, api_key.daily_message_limit
+        )
+    console.print(f"API key {key_id}: {summary}")
 
 
 @keys.command("list")
@@ -421,6 +511,8 @@ def keys_list() -> None:
                 str(key.id),
                 key.name,
                 f"bsk_{key.prefix}_…",
+                key.scope + (" (test)" if key.is_test else ""),
+                describe_limits(key.rate_limit_per_minute, key.daily_message_limit),
                 f"{key.created_at:%Y-%m-%d %H:%M}",
                 key.default_region or "",
                 ",".join(key.allowed_countries) if key.allowed_countries is not None else "",
@@ -431,10 +523,10 @@ def keys_list() -> None:
     if not rows:
         console.print("no API keys yet: create one with `bulksms keys create NAME`")
         return
-    table = Table("id", "name", "key", "created", "default region", "allowed countries", "status")
-    for key_id, key_name, prefix, created, region, countries, revoked_at in rows:
+    table = Table("id", "name", "key", "scope", "limits", "created", "default region", "allowed countries", "status")
+    for *cells, revoked_at in rows:
         status = f"[red]revoked {revoked_at:%Y-%m-%d %H:%M}[/]" if revoked_at else "[green]active[/]"
-        table.add_row(key_id, key_name, prefix, created, region, countries, status)
+        table.add_row(*cells, status)
     console.print(table)
 
 
@@ -503,11 +595,26 @@ SETTING_GROUPS: list[tuple[str, list[str]]] = [
             "STATUS_BATCH_SIZE",
             "STATUS_BATCH_SECONDS",
             "COMPLETION_IDLE_SECONDS",
+            "RETENTION_DAYS",
             "TRUSTED_PROXY_COUNT",
             "WEBHOOK_PORT",
             "WEBHOOK_MAX_BODY_BYTES",
             "WEBHOOK_READ_TIMEOUT_SECONDS",
         ],
+    ),
+    (
+        "Test keys (`bulksms keys create NAME --test`): the test account their broadcasts are sent through, never "
+        "Twilio (the compose `test-simulator` service: TEST_TWILIO_BASE_URL=http://test-simulator:8010).",
+        [
+            "TEST_TWILIO_ACCOUNT_SID",
+            "TEST_TWILIO_AUTH_TOKEN",
+            "TEST_TWILIO_MESSAGING_SERVICE_SID",
+            "TEST_TWILIO_BASE_URL",
+        ],
+    ),
+    (
+        "Limits per API key; a key may have its own (`bulksms keys create/update --rate-limit --daily-limit`).",
+        ["RATE_LIMIT_PER_MINUTE", "DAILY_MESSAGE_LIMIT"],
     ),
     ("Metrics.", ["METRICS_TOKEN"]),
     ("Local runs and logging.", ["PORT", "BULKSMS_DATA_DIR", "LOG_LEVEL"]),
@@ -620,6 +727,11 @@ def _exec(arguments: list[str]) -> NoReturn:
 @click.option("--auth-token", help="Default: TWILIO_AUTH_TOKEN, else one generated and kept in the data folder.")
 @click.option("--latency-ms", default=100, show_default=True)
 @click.option("--max-concurrency", default=100, show_default=True)
+@click.option(
+    "--test-account",
+    is_flag=True,
+    help="Be the deployment's test account: TEST_TWILIO_ACCOUNT_SID and TEST_TWILIO_AUTH_TOKEN (test keys send here).",
+)
 @click.pass_context
 def simulator(
     ctx: click.Context,
@@ -629,9 +741,14 @@ def simulator(
     auth_token: str | None,
     latency_ms: int,
     max_concurrency: int,
+    test_account: bool,
 ) -> None:
     """Run the Twilio simulator alone (extra options go to `python -m bulksms_tools.simulator`)."""
     settings = load_settings()
+    if test_account:
+        settings.require("test_twilio_account_sid", "test_twilio_auth_token")
+        account_sid = account_sid or settings.test_twilio_account_sid
+        auth_token = auth_token or settings.test_twilio_auth_token
     account_sid = account_sid or settings.twilio_account_sid
     auth_token = auth_token or settings.twilio_auth_token
     if not account_sid or not auth_token:
@@ -645,7 +762,8 @@ def simulator(
         "--account-sid", account_sid, "--auth-token", auth_token,
         "--latency-ms", str(latency_ms), "--max-concurrency", str(max_concurrency),
     ]  # fmt: skip
-    if settings.twilio_api_key_sid and settings.twilio_api_key_secret:  # the workers may send with the API Key
+    # The workers may send to the live account with the API Key (a test account is always its SID and token).
+    if not test_account and settings.twilio_api_key_sid and settings.twilio_api_key_secret:
         arguments += ["--api-key-sid", settings.twilio_api_key_sid, "--api-key-secret", settings.twilio_api_key_secret]
     _exec([*arguments, *ctx.args])
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import functools
+import hashlib
 import io
+import json
 import sys
 import time
 import uuid
@@ -35,6 +37,7 @@ from rich.progress import (
 from rich.table import Table
 
 from bulksms_tools.api_client import ApiClient, ApiRefused, ApiUnavailable
+from shared.platform.csv_cells import safe_row
 from shared.platform.settings import Settings, load_settings
 
 EXIT_OK = 0
@@ -274,12 +277,31 @@ def upload_progress(total_bytes: int) -> Progress:
     )
 
 
-def upload_csv(client: ApiClient, path: Path, options: dict[str, str]) -> tuple[int, dict[str, Any]]:
+def upload_csv(
+    client: ApiClient, path: Path, options: dict[str, str], idempotency_key: str | None = None
+) -> tuple[int, dict[str, Any]]:
     """Stream the file to the API with a progress bar of bytes sent (on stderr, so stdout stays parseable)."""
     size = path.stat().st_size
     with upload_progress(size) as progress, open(path, "rb") as file:
         task = progress.add_task("upload", total=size)
-        return client.upload_broadcast_csv(file, options, on_bytes=lambda sent: progress.advance(task, sent))
+        return client.upload_broadcast_csv(
+            file, options, on_bytes=lambda sent: progress.advance(task, sent), idempotency_key=idempotency_key
+        )
+
+
+def send_idempotency_key(path: Path, options: dict[str, str]) -> str:
+    """The Idempotency-Key of `bulksms send`: a digest of the file's bytes, the message and every option.
+
+    The same command on the same file gives the same key, so a re-run after a timeout or a crash (when the API may
+    have stored the broadcast already) gets the original broadcast back instead of sending it twice. The API
+    honours a key for 24 hours: the same list sent again next week is a new broadcast.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(1024 * 1024), b""):
+            digest.update(block)
+    described = json.dumps({"file_sha256": digest.hexdigest(), "options": options}, sort_keys=True)
+    return "bulksms-send-" + hashlib.sha256(described.encode()).hexdigest()[:40]
 
 
 def recipients_from_csv(path: Path, phone_column: str | None) -> list[Any]:
@@ -322,10 +344,11 @@ def submit(
     options: dict[str, str],
     phone_column: str | None,
     quiet_hours: tuple[str, str] | None,
+    idempotency_key: str | None = None,
 ) -> tuple[int, dict[str, Any]]:
     """Upload the CSV; an API without CSV intake (415) gets the same list as JSON instead."""
     try:
-        return upload_csv(client, path, options)
+        return upload_csv(client, path, options, idempotency_key)
     except ApiRefused as error:
         if error.status != 415:
             raise
@@ -338,7 +361,7 @@ def submit(
         body["dry_run"] = True
     if quiet_hours:
         body["quiet_hours"] = {"start": quiet_hours[0], "end": quiet_hours[1]}
-    return client.create_broadcast(body)
+    return client.create_broadcast(body, idempotency_key)
 
 
 def needs_confirmation(body: dict[str, Any], confirm_above: int, confirm_above_cost: float | None) -> str | None:
@@ -383,6 +406,10 @@ def stdin_is_interactive() -> bool:
     show_default=True,
     help="With --watch: stop once every message has a Twilio answer (submitted) or every outcome is in.",
 )
+@click.option(
+    "--idempotency-key",
+    help="Send this Idempotency-Key instead of the one derived from the file, the message and the options.",
+)
 @click.option("--yes", "-y", is_flag=True, help="Send without asking for confirmation.")
 @click.option(
     "--confirm-above",
@@ -407,6 +434,7 @@ def send(
     dry_run: bool,
     watch: bool,
     until: str,
+    idempotency_key: str | None,
     yes: bool,
     confirm_above: int,
     confirm_above_cost: float | None,
@@ -452,11 +480,22 @@ def send(
                 error_console.print("not sent.")
                 sys.exit(EXIT_REFUSED)
 
+    key = idempotency_key or send_idempotency_key(csv_file, options)
+    console.print(f"Idempotency-Key: {key}")
     started = time.monotonic()
-    status, body = submit(client, csv_file, options, phone_column, window)
+    try:
+        status, body = submit(client, csv_file, options, phone_column, window, key)
+    except ApiUnavailable:
+        error_console.print(
+            "[yellow]the API may or may not have stored this broadcast: run the same command again "
+            "(within 24 hours) and it sends the same Idempotency-Key, so nothing is sent twice[/]"
+        )
+        raise
     print_intake_summary(body)
     if status == 200:
-        console.print("[yellow]this list was already sent (same Idempotency-Key): nothing new was created[/]")
+        console.print(
+            "[yellow]this list was already sent (same Idempotency-Key, within 24 hours): nothing new was created[/]"
+        )
     console.print(f"accepted as broadcast [bold]{body['id']}[/] in {time.monotonic() - started:.2f}s")
     if watch:
         watch_broadcast(client, str(body["id"]), until=until)
@@ -645,7 +684,7 @@ def messages_as_csv(client: ApiClient, broadcast_id: str, state: str | None) -> 
     writer = csv.writer(buffer)
     writer.writerow(EXPORT_COLUMNS)
     for number, item in enumerate(client.messages(broadcast_id, state), start=1):
-        writer.writerow(["" if item.get(column) is None else item.get(column) for column in EXPORT_COLUMNS])
+        writer.writerow(safe_row(item.get(column) for column in EXPORT_COLUMNS))
         if number % 1000 == 0:
             yield buffer.getvalue().encode()
             buffer.seek(0)

@@ -28,6 +28,7 @@ PACKAGE_SERVICES = (
     "webhook",
     "beat",
     "simulator",
+    "test-simulator",
 )  # the ones built from our Dockerfile
 # `${NAME}`, `${NAME:-default}`, `${NAME:?error}`, not `$${NAME}` (a literal `$` for the container's shell).
 INTERPOLATION = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
@@ -70,6 +71,7 @@ def test_the_expected_services_exist() -> None:
         "beat",
         "flower",
         "simulator",
+        "test-simulator",
     }
     assert expected <= set(SERVICES)
 
@@ -193,3 +195,15 @@ def test_every_gunicorn_service_masks_its_access_log_like_the_application_logs()
     from api.access_log import MaskedAccessLogger
 
     assert issubclass(MaskedAccessLogger, Logger)
+
+
+def test_the_test_account_simulator_is_a_service_of_every_deployment_and_stays_internal() -> None:
+    """Test keys must work on a production deployment: the test account's simulator runs without a profile, as
+    the test account (its own SID and token from .env), and is reached by the workers only (no published port)."""
+    service = SERVICES["test-simulator"]
+    assert "profiles" not in service and "ports" not in service
+    words = command_words(service)
+    assert words[:3] == ["bulksms", "simulator", "--test-account"]
+    port = words[words.index("--port") + 1]
+    # .env.example tells operators where the workers find it.
+    assert f"TEST_TWILIO_BASE_URL=http://test-simulator:{port}" in (REPOSITORY_ROOT / ".env.example").read_text()

@@ -14,9 +14,9 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from json.encoder import encode_basestring as encode_json_string
 from typing import Any, Generic, TypeVar
@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 import kombu.exceptions
 import redis.exceptions
 from celery import Celery
-from sqlalchemy import select, tuple_
+from sqlalchemy import func, select, text, tuple_
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -298,9 +298,32 @@ def _copy_messages(
         cursor.close()
 
 
+# Idempotency keys are honoured this long (as Stripe's): a retry within it gets the original broadcast, the same key
+# after it starts a new one (next week's deliberate resend of the same list).
+IDEMPOTENCY_KEY_LIFETIME = timedelta(hours=24)
+
+
 def find_idempotent_broadcast(session: Session, api_key_id: int, idempotency_key: str) -> Broadcast | None:
+    """The broadcast this key created with `idempotency_key` in the last 24 hours, if any (the database's clock,
+    which also stamped `created_at`)."""
     return session.scalar(
-        select(Broadcast).where(Broadcast.api_key_id == api_key_id, Broadcast.idempotency_key == idempotency_key)
+        select(Broadcast)
+        .where(
+            Broadcast.api_key_id == api_key_id,
+            Broadcast.idempotency_key == idempotency_key,
+            Broadcast.created_at > func.now() - IDEMPOTENCY_KEY_LIFETIME,
+        )
+        .order_by(Broadcast.created_at.desc())
+        .limit(1)
+    )
+
+
+def lock_idempotency_key(session: Session, api_key_id: int, idempotency_key: str) -> None:
+    """Serialise requests with the same key: a transaction-scoped advisory lock on its hash, so a second request
+    waits for the first to commit (or roll back) and then finds its broadcast instead of storing another."""
+    digest = hashlib.sha256(f"{api_key_id}:{idempotency_key}".encode()).digest()
+    session.execute(
+        text("SELECT pg_advisory_xact_lock(:lock_id)"), {"lock_id": int.from_bytes(digest[:8], "big", signed=True)}
     )
 
 
@@ -321,6 +344,8 @@ def create_broadcast(
     smart_encoding: bool = False,
     number_rules: NumberRules | None = None,
     now: datetime | None = None,
+    test: bool = False,
+    reserve_recipients: Callable[[int], Callable[[], None]] | None = None,
 ) -> IntakeResult:
     """Validate the recipients, store the broadcast and all its messages, and commit (not enqueued).
 
@@ -328,14 +353,19 @@ def create_broadcast(
     IdempotencyConflictError. A `dry_run` request stores nothing and returns a transient broadcast. With an
     `idempotency_key` that this API key already used for the same request, returns the original broadcast,
     `created=False`. Recipients are read under `number_rules` (`number_rules_for`); without them, under the
-    request's own default region and strict_numbers.
+    request's own default region and strict_numbers. `test`: the broadcast of a test key (sent through the test
+    account). `reserve_recipients(count)` is called before the commit with the accepted recipients (it may raise
+    to refuse them) and returns what undoes it if the commit fails.
     """
     if request.dry_run:
         idempotency_key = None
     fingerprint = request.fingerprint() if idempotency_key is not None else None
     if idempotency_key is not None and fingerprint is not None:
+        # Held until this transaction ends (commit or rollback): the whole intake is one request per key at a time.
+        lock_idempotency_key(session, api_key_id, idempotency_key)
         existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
         if existing is not None:
+            session.rollback()  # releases the lock
             return _replay(existing, fingerprint)
 
     started = time.perf_counter()
@@ -345,7 +375,9 @@ def create_broadcast(
     if request.dry_run:
         report = _checked_report(content.read_all(), request, pricing, smart_encoding)
         preview = Broadcast(
-            status="dry_run", **_broadcast_values(content, request, report, rules, chunk_size, smart_encoding)
+            status="dry_run",
+            test=test,
+            **_broadcast_values(content, request, report, rules, chunk_size, smart_encoding),
         )
         return IntakeResult(preview, created=False, dry_run=True)
 
@@ -359,7 +391,7 @@ def create_broadcast(
     except BaseException:
         session.rollback()
         raise
-    insert_broadcast = (
+    broadcast = session.scalars(
         insert(Broadcast)
         .values(
             id=broadcast_id,
@@ -368,28 +400,26 @@ def create_broadcast(
             **_broadcast_values(content, request, report, rules, chunk_size, smart_encoding),
             idempotency_key=idempotency_key,
             request_fingerprint=fingerprint,
-        )
-        # A concurrent request with the same Idempotency-Key waits here for the other transaction to finish.
-        .on_conflict_do_nothing(
-            index_elements=[Broadcast.api_key_id, Broadcast.idempotency_key],
-            index_where=Broadcast.idempotency_key.is_not(None),
+            test=test,
         )
         .returning(Broadcast)
-    )
-    broadcast = session.scalars(insert_broadcast).one_or_none()
-    if broadcast is None:  # lost the race to a request with the same Idempotency-Key: its messages go too
-        session.rollback()
-        assert idempotency_key is not None and fingerprint is not None
-        existing = find_idempotent_broadcast(session, api_key_id, idempotency_key)
-        assert existing is not None
-        return _replay(existing, fingerprint)
+    ).one()
     recipients = content.recipients
     try:
         # Opted-out numbers become `skipped`; quiet hours: how many would be deferred (shared.broadcasts.control).
         apply_intake_rules(session, broadcast, recipients.numbers, now)
+        # The daily allowance is taken before the commit (LimitExceeded: nothing stored) and given back if the
+        # commit fails, so it counts exactly the recipients of stored broadcasts.
+        give_back = reserve_recipients(len(recipients.numbers)) if reserve_recipients is not None else None
+    except BaseException:
+        session.rollback()
+        raise
+    try:
         session.commit()
     except BaseException:
         session.rollback()
+        if give_back is not None:
+            give_back()
         raise
     logger.info(
         "broadcast %s stored: %d recipients in %d chunks (%d duplicates, %d invalid skipped);"

@@ -27,6 +27,7 @@ class OutgoingContent:
     validity_period: int | None = None
     smart_encoded: bool = False
     deadline: datetime | None = None  # nothing leaves Twilio after it: ValidityPeriod is cut to the time left
+    test: bool = False  # a test key's broadcast: sent through the test account (shared.twilio.accounts)
 
     def body_for(self, variables: Mapping[str, str] | None) -> str:
         return self.body if self.template is None else self.template.render(variables)
@@ -51,7 +52,7 @@ def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> Outgoing
     """The broadcast's content and send options, or None when there is no such broadcast."""
     row = session.execute(
         text(
-            "SELECT body, is_template, media_urls, validity_period, smart_encoded, deadline FROM broadcasts "
+            "SELECT body, is_template, media_urls, validity_period, smart_encoded, deadline, test FROM broadcasts "
             "WHERE id = :id"
         ),
         {"id": broadcast_id},
@@ -65,4 +66,5 @@ def load_outgoing_content(session: Session, broadcast_id: uuid.UUID) -> Outgoing
         validity_period=row.validity_period,
         smart_encoded=bool(row.smart_encoded),
         deadline=row.deadline,
+        test=bool(row.test),
     )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import enum
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -193,6 +193,18 @@ def lock_for_recording(session: Session, broadcast_id: uuid.UUID) -> None:
     """Lock the row before a chunk's outcomes are written (and stamp `last_send_at`): recorders of one
     broadcast then take turns, so the last one sees every other's committed rows when it checks `submit`."""
     session.execute(text("UPDATE broadcasts SET last_send_at = now() WHERE id = :id"), {"id": broadcast_id})
+
+
+def test_broadcast_ids(session: Session, broadcast_ids: Collection[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these broadcasts were created with a test key (sent and reconciled through the test account)."""
+    if not broadcast_ids:
+        return set()
+    return set(
+        session.execute(
+            text("SELECT id FROM broadcasts WHERE id = ANY(CAST(:ids AS uuid[])) AND test"),
+            {"ids": [str(broadcast_id) for broadcast_id in broadcast_ids]},
+        ).scalars()
+    )
 
 
 def lock(session: Session, broadcast_ids: Sequence[uuid.UUID]) -> None:

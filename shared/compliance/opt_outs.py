@@ -22,15 +22,21 @@ from sqlalchemy.orm import Session
 
 from shared.compliance.phone_numbers import InvalidPhoneNumber, echo_value, parse_phone_number
 from shared.messages import store as message_store
+from shared.platform.csv_cells import safe_row
 
 # Twilio's default opt-out, opt-in and help keywords (Advanced Opt-Out uses the same by default).
 STOP_KEYWORDS = frozenset({"STOP", "STOPALL", "UNSUBSCRIBE", "CANCEL", "END", "QUIT", "OPTOUT", "REVOKE"})
 START_KEYWORDS = frozenset({"START", "YES", "UNSTOP"})
 HELP_KEYWORDS = frozenset({"HELP", "INFO"})
 
-SOURCE_INBOUND = "inbound_stop"
-SOURCE_API = "api"
-SOURCE_CSV = "csv_import"
+# Where a suppression came from (`opted_out_numbers.source`). Only SOURCE_INBOUND is lifted by a START reply: a number
+# an operator or client added (API, CSV) or Twilio refused (21610) stays until removed through the API.
+SOURCE_INBOUND = "inbound_stop"  # the person replied STOP
+SOURCE_SEND_21610 = "send_21610"  # Twilio refused a send with 21610 (the number had replied STOP to our sender)
+SOURCE_CALLBACK_21610 = "callback_21610"  # a status callback reported 21610
+SOURCE_API = "api"  # POST /v1/opt-outs (JSON)
+SOURCE_CSV = "csv_import"  # POST /v1/opt-outs (text/csv)
+SOURCES = (SOURCE_INBOUND, SOURCE_SEND_21610, SOURCE_CALLBACK_21610, SOURCE_API, SOURCE_CSV)
 MAX_REASON_LENGTH = 500
 MAX_REPORTED_INVALID = 100
 _STRIPPED = string.whitespace + string.punctuation
@@ -87,9 +93,21 @@ def add_opt_outs(session: Session, numbers: Iterable[str], *, source: str, reaso
 
 
 def remove_opt_out(session: Session, number: str) -> bool:
-    """Take a number off the list; False when it was not on it."""
+    """Take a number off the list whatever put it there (DELETE /v1/opt-outs); False when it was not on it."""
     deleted = session.execute(
         text("DELETE FROM opted_out_numbers WHERE phone_number = :number"), {"number": number}
+    ).rowcount  # type: ignore[attr-defined]
+    return bool(deleted)
+
+
+def lift_stop(session: Session, number: str) -> bool:
+    """A START reply: remove the number only if its own STOP put it on the list; True when it was removed.
+
+    A suppression added by an operator or client, or after Twilio's 21610, stays: the person's START does not
+    override a decision someone else made (an operator removes it with DELETE /v1/opt-outs/{number})."""
+    deleted = session.execute(
+        text("DELETE FROM opted_out_numbers WHERE phone_number = :number AND source = :source"),
+        {"number": number, "source": SOURCE_INBOUND},
     ).rowcount  # type: ignore[attr-defined]
     return bool(deleted)
 
@@ -130,7 +148,7 @@ def export_opt_outs_csv(session: Session, batch_size: int = 5_000) -> Iterator[s
         buffer = io.StringIO()
         writer = csv.writer(buffer)
         for row in rows:
-            writer.writerow([row.phone_number, row.source, row.reason or "", row.created_at.isoformat()])
+            writer.writerow(safe_row([row.phone_number, row.source, row.reason, row.created_at.isoformat()]))
         yield buffer.getvalue()
         after = rows[-1].phone_number
 

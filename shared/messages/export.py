@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.broadcasts.options import View, shown_columns, shown_option_names, shown_values
+from shared.platform.csv_cells import safe_row
 from shared.platform.models import Broadcast, Message
 
 MESSAGE_COLUMNS = (
@@ -32,7 +33,8 @@ MESSAGE_COLUMNS = (
     "last_receipt_at",
     "final_at",
 )
-EXPORT_COLUMNS = (*MESSAGE_COLUMNS, *shown_option_names(View.MESSAGES_EXPORT))
+# `test`: true for a test key's broadcast (sent to the test account, never to a phone).
+EXPORT_COLUMNS = (*MESSAGE_COLUMNS, *shown_option_names(View.MESSAGES_EXPORT), "test")
 EXPORT_PAGE_SIZE = 5_000
 
 
@@ -41,16 +43,15 @@ def _timestamp(value: datetime | None) -> str:
 
 
 def _broadcast_cells(session: Session, broadcast_id: uuid.UUID) -> tuple[Any, ...]:
-    """The broadcast's options shown in the export, as CSV cells (read once, not per message)."""
+    """The broadcast's options shown in the export and its test flag, as CSV cells (read once, not per message)."""
     columns = shown_columns(View.MESSAGES_EXPORT)
-    if not columns:
-        return ()
     row = session.execute(
-        select(*(getattr(Broadcast, column) for column in columns)).where(Broadcast.id == broadcast_id)
+        select(Broadcast.test, *(getattr(Broadcast, column) for column in columns)).where(Broadcast.id == broadcast_id)
     ).one_or_none()
     if row is None:
-        return ("",) * len(columns)
-    return tuple("" if value is None else value for value in shown_values(row, View.MESSAGES_EXPORT).values())
+        return ("",) * (len(columns) + 1)
+    options = shown_values(row, View.MESSAGES_EXPORT).values() if columns else ()
+    return (*("" if value is None else value for value in options), "true" if row.test else "false")
 
 
 def export_messages_csv(
@@ -63,7 +64,7 @@ def export_messages_csv(
     """
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(EXPORT_COLUMNS)
+    writer.writerow(safe_row(EXPORT_COLUMNS))
     yield buffer.getvalue()
     broadcast_cells = _broadcast_cells(session, broadcast_id)
     after_id = 0
@@ -92,19 +93,21 @@ def export_messages_csv(
         writer = csv.writer(buffer)
         for row in rows:
             writer.writerow(
-                (
-                    row.to_number,
-                    row.state,
-                    row.twilio_sid or "",
-                    row.twilio_status or "",
-                    "" if row.error_code is None else row.error_code,
-                    row.error_message or "",
-                    row.attempts,
-                    _timestamp(row.created_at),
-                    _timestamp(row.sent_at),
-                    _timestamp(row.last_receipt_at),
-                    _timestamp(row.final_at),
-                    *broadcast_cells,
+                safe_row(
+                    (
+                        row.to_number,
+                        row.state,
+                        row.twilio_sid or "",
+                        row.twilio_status or "",
+                        "" if row.error_code is None else row.error_code,
+                        row.error_message or "",
+                        row.attempts,
+                        _timestamp(row.created_at),
+                        _timestamp(row.sent_at),
+                        _timestamp(row.last_receipt_at),
+                        _timestamp(row.final_at),
+                        *broadcast_cells,
+                    )
                 )
             )
         yield buffer.getvalue()

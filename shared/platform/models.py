@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     ForeignKey,
     Identity,
@@ -90,6 +91,15 @@ class ApiKey(Base):
     # and the countries its recipients may be in (within ALLOWED_COUNTRIES). Null: the settings alone decide.
     default_region: Mapped[str | None] = mapped_column(String(2))
     allowed_countries: Mapped[list[str] | None] = mapped_column(ARRAY(String(3)))
+    # What the key may do (api/auth.py maps every endpoint to one): read < send < admin.
+    scope: Mapped[str] = mapped_column(String(10), default="admin", server_default="admin")
+    # A test key's broadcasts go to the test Twilio account (the simulator), never to the real one.
+    is_test: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
+    # Null: the RATE_LIMIT_PER_MINUTE / DAILY_MESSAGE_LIMIT settings apply.
+    rate_limit_per_minute: Mapped[int | None] = mapped_column(Integer)
+    daily_message_limit: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (CheckConstraint("scope IN ('send', 'read', 'admin')", name="ck_api_keys_scope"),)
 
 
 class Broadcast(Base):
@@ -154,6 +164,8 @@ class Broadcast(Base):
     # Chunks 0 .. chunks_released - 1 have been handed to the broker (shared.sending.windows); the rest wait their
     # turn, a few at a time, so broadcasts sending at once share the workers.
     chunks_released: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Created with a test key: sent through the test Twilio account (the simulator), shown as test everywhere.
+    test: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
 
     __table_args__ = (
         Index("ix_broadcasts_created_at_id", "created_at", "id"),
@@ -168,11 +180,12 @@ class Broadcast(Base):
         ),
         Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
         Index("ix_broadcasts_scheduled", "send_at", postgresql_where=text("status = 'scheduled'")),
+        # Not unique: a key is honoured for 24 hours (an advisory lock serialises its requests), then may be reused.
         Index(
-            "uq_broadcasts_api_key_idempotency_key",
+            "ix_broadcasts_api_key_idempotency_key",
             "api_key_id",
             "idempotency_key",
-            unique=True,
+            "created_at",
             postgresql_where=text("idempotency_key IS NOT NULL"),
         ),
         Index("ix_broadcasts_not_enqueued", "created_at", postgresql_where=text("enqueued_at IS NULL")),

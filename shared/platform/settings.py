@@ -59,6 +59,26 @@ class Settings:
         "Where the workers send; any Twilio-compatible endpoint",
         default=TWILIO_DEFAULT_API_BASE_URL,
     )
+    test_twilio_account_sid: str | None = _env(
+        "TEST_TWILIO_ACCOUNT_SID", "Account SID of the test account that test keys send through", default=None
+    )
+    test_twilio_auth_token: str | None = _env(
+        "TEST_TWILIO_AUTH_TOKEN", "Its token; signs test receipts, which only ever apply to test messages", default=None
+    )
+    test_twilio_messaging_service_sid: str | None = _env(
+        "TEST_TWILIO_MESSAGING_SERVICE_SID", "Messaging Service SID of the test account", default=None
+    )
+    test_twilio_base_url: str | None = _env(
+        "TEST_TWILIO_BASE_URL", "Where test keys' messages go: the simulator service, never Twilio", default=None
+    )
+    rate_limit_per_minute: int = _env(
+        "RATE_LIMIT_PER_MINUTE", "API requests per key per minute, fleet-wide, unless the key sets its own", default=600
+    )
+    daily_message_limit: int = _env(
+        "DAILY_MESSAGE_LIMIT",
+        "Recipients a key may have accepted per UTC day, unless the key sets its own",
+        default=1_000_000,
+    )
     public_base_url: str | None = _env("PUBLIC_BASE_URL", "Public URL where Twilio reaches our webhooks", default=None)
     twilio_max_concurrency: int = _env(
         "TWILIO_MAX_CONCURRENCY", "Cap on Twilio requests in flight across all workers and hosts", default=100
@@ -225,6 +245,16 @@ class Settings:
     def twilio_configured(self) -> bool:
         """Enough to send: the account, the Messaging Service and REST credentials (Auth Token or API Key)."""
         return bool(self.twilio_account_sid and self.twilio_messaging_service_sid and self.twilio_rest_credentials)
+
+    @property
+    def test_account_configured(self) -> bool:
+        """Test keys' broadcasts can be sent: the test account and where it is (the simulator) are set."""
+        return bool(
+            self.test_twilio_account_sid
+            and self.test_twilio_auth_token
+            and self.test_twilio_messaging_service_sid
+            and self.test_twilio_base_url
+        )
 
     @property
     def twilio_rest_credentials(self) -> tuple[str, str] | None:

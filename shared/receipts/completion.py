@@ -91,6 +91,7 @@ def forgotten_completion_callbacks(session: Session) -> list[uuid.UUID]:
 SUMMARY_COLUMNS = (
     "id",
     "status",
+    "test",
     "recipients_accepted",
     "created_at",
     "first_send_at",
@@ -121,6 +122,7 @@ def completion_summary(session: Session, broadcast_id: uuid.UUID) -> dict[str, A
         "broadcast": {
             "id": str(broadcast.id),
             "status": broadcast.status,
+            "test": bool(broadcast.test),  # a test key's broadcast: sent to the test account, never to a phone
             "completion": completion_reason(broadcast.status, progress.awaiting_receipt),
             "messages": {"total": progress.total, **progress.counts},
             "progress": progress.summary(),

@@ -33,7 +33,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
-from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
+from shared.compliance.opt_outs import SOURCE_CALLBACK_21610, SOURCE_INBOUND, add_opt_outs, classify_reply, lift_stop
 from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
 from shared.messages.store import AttemptReceipt, ReceiptUpdate
@@ -44,6 +44,8 @@ from shared.platform.settings import Settings
 from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
 from shared.receipts.status_queue import (
     INBOUND_REPLY,
+    STATUS_CALLBACK,
+    TEST_STATUS_CALLBACK,
     ConsumerSlot,
     QueuedCallback,
     StatusStreamConsumer,
@@ -54,7 +56,6 @@ from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 
 logger = logging.getLogger(__name__)
 
-OPT_OUT_SOURCE = "callback_21610"
 INBOUND_STATUS = "received"  # Twilio's status of a message it received for us: how replies are kept
 # Two consumer slots may hold copies of one callback in batches applied at the same moment; they take turns on
 # this transaction-scoped lock for the "already stored?" check and the insert, so a copy is never stored twice.
@@ -267,7 +268,9 @@ def apply_status_events(
 ) -> ApplyReport:
     """Store one batch of queued callbacks and STOP/START replies, and apply what was new; the caller commits
     (then acknowledges the batch)."""
-    status_events = [parse_callback(c) for c in callbacks if c.kind != INBOUND_REPLY]
+    status_events = [parse_callback(c) for c in callbacks if c.kind == STATUS_CALLBACK]
+    test_account_events = [parse_callback(c) for c in callbacks if c.kind == TEST_STATUS_CALLBACK]
+    status_events += admit_test_account_events(session, [e for e in test_account_events if e is not None])
     replies = [parse_inbound_reply(c) for c in callbacks if c.kind == INBOUND_REPLY]
     stored = store_new_events(session, [e for e in status_events if e is not None])
     report = apply_stored_events(
@@ -277,6 +280,43 @@ def apply_status_events(
     report.stored_by_status = Counter(event.status for event, _ in stored)
     report.add(apply_inbound_replies(session, store_new_events(session, [e for e in replies if e is not None])))
     return report
+
+
+def admit_test_account_events(session: Session, events: Sequence[ReceivedEvent]) -> list[ReceivedEvent]:
+    """The callbacks signed by the test account that may be applied: those naming (in our callback URL) a message
+    of a test broadcast, with a SID no live message or attempt has. The rest are dropped unstored: the test
+    account's token must never change a real message."""
+    if not events:
+        return []
+    message_ids = [event.message_id for event in events if event.message_id is not None]
+    test_messages = set(
+        session.execute(
+            text(
+                "SELECT m.id FROM messages AS m JOIN broadcasts AS b ON b.id = m.broadcast_id "
+                "WHERE m.id = ANY(CAST(:ids AS bigint[])) AND b.test"
+            ),
+            {"ids": message_ids},
+        ).scalars()
+    )
+    sids = [event.message_sid for event in events]
+    live_sids = set(
+        session.execute(
+            text(
+                "SELECT m.twilio_sid FROM messages AS m JOIN broadcasts AS b ON b.id = m.broadcast_id "
+                "WHERE m.twilio_sid = ANY(CAST(:sids AS text[])) AND NOT b.test "
+                "UNION SELECT a.twilio_sid FROM message_attempts AS a JOIN messages AS m ON m.id = a.message_id "
+                "JOIN broadcasts AS b ON b.id = m.broadcast_id "
+                "WHERE a.twilio_sid = ANY(CAST(:sids AS text[])) AND NOT b.test"
+            ),
+            {"sids": sids},
+        ).scalars()
+    )
+    admitted = [e for e in events if e.message_id in test_messages and e.message_sid not in live_sids]
+    if len(admitted) < len(events):
+        logger.warning(
+            "%d callbacks signed by the test account named no test message: dropped", len(events) - len(admitted)
+        )
+    return admitted
 
 
 def store_events(session: Session, events: Sequence[ReceivedEvent]) -> list[int]:
@@ -348,7 +388,7 @@ def apply_inbound_replies(session: Session, replies: Sequence[tuple[ReceivedEven
             reason = f"replied {(body or 'STOP').strip()[:40]}"
             report.opted_out += len(add_opt_outs(session, [sender], source=SOURCE_INBOUND, reason=reason).added)
         else:
-            report.opted_in += remove_opt_out(session, sender)
+            report.opted_in += lift_stop(session, sender)  # only a STOP's own suppression
         logger.info("inbound %s from %s applied", kind.upper(), mask_phone_number(sender))
     if replies:
         session.execute(
@@ -648,7 +688,9 @@ def _record_opt_outs(session: Session, events: Sequence[_StoredEvent], messages:
             number = messages[event.message_id].to_number
         if number:
             numbers.add(number)
-    added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE, reason="Twilio error 21610 in a status callback")
+    added = add_opt_outs(
+        session, numbers, source=SOURCE_CALLBACK_21610, reason="Twilio error 21610 in a status callback"
+    )
     return len(added.added)
 
 

@@ -36,7 +36,11 @@ FIELD_EVENT = "e"
 # An inbound reply (STOP/START) travels in the same stream, under its own field: JSON [raw form parameters,
 # received_at]. Consumers older than this field decode it as malformed and drop it: upgrade them first.
 FIELD_INBOUND = "i"
+# A status callback signed with the test account's token (TEST_TWILIO_AUTH_TOKEN): same payload as FIELD_EVENT, and
+# applied only to messages of test broadcasts (shared.receipts.events.admit_test_account_events).
+FIELD_TEST_EVENT = "t"
 STATUS_CALLBACK = "status"
+TEST_STATUS_CALLBACK = "test status"
 INBOUND_REPLY = "inbound"
 
 
@@ -49,7 +53,9 @@ class QueuedCallback:
     message_id: str | None  # from our callback URL's query string, unparsed
     attempt: str | None
     received_at: float  # Unix time at the webhook
-    kind: str = STATUS_CALLBACK  # or INBOUND_REPLY: a reply to our number (then no message_id / attempt)
+    # Or TEST_STATUS_CALLBACK (signed by the test account), or INBOUND_REPLY: a reply to our number (then no
+    # message_id / attempt).
+    kind: str = STATUS_CALLBACK
 
 
 def encode_callback(
@@ -82,17 +88,21 @@ def decode_callback(entry_id: bytes | str, fields: Mapping[bytes, bytes]) -> Que
             )
         except (ValueError, TypeError):
             return QueuedCallback(identifier, {}, None, None, time.time(), INBOUND_REPLY)
+    test_event = fields.get(FIELD_TEST_EVENT.encode())
+    kind = STATUS_CALLBACK if test_event is None else TEST_STATUS_CALLBACK
     try:
-        parameters, message_id, attempt, received_at = json.loads(fields[FIELD_EVENT.encode()])
+        payload = fields[FIELD_EVENT.encode()] if test_event is None else test_event
+        parameters, message_id, attempt, received_at = json.loads(payload)
         return QueuedCallback(
             entry_id=identifier,
             parameters=parameters if isinstance(parameters, dict) else {},
             message_id=None if message_id is None else str(message_id),
             attempt=None if attempt is None else str(attempt),
             received_at=float(received_at),
+            kind=kind,
         )
     except (KeyError, ValueError, TypeError):
-        return QueuedCallback(identifier, {}, None, None, time.time())
+        return QueuedCallback(identifier, {}, None, None, time.time(), kind)
 
 
 def push_callback(
@@ -118,10 +128,12 @@ class CallbackWriter:
         self._pool = pool
         self._local = threading.local()
 
-    def push(self, parameters: Mapping[str, Any], message_id: str | None, attempt: str | None) -> str:
-        """Queue one status callback."""
+    def push(
+        self, parameters: Mapping[str, Any], message_id: str | None, attempt: str | None, test_account: bool = False
+    ) -> str:
+        """Queue one status callback (`test_account`: signed by the test account, for test messages only)."""
         payload = encode_callback(parameters, message_id, attempt, time.time())
-        return self._add(("XADD", STREAM_KEY, "*", FIELD_EVENT, payload))
+        return self._add(("XADD", STREAM_KEY, "*", FIELD_TEST_EVENT if test_account else FIELD_EVENT, payload))
 
     def push_inbound(self, parameters: Mapping[str, Any]) -> str:
         """Queue one inbound reply (STOP / START) for the same consumers."""

@@ -47,6 +47,7 @@ from shared.platform.metrics import (
 from shared.platform.settings import Settings
 from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
+from shared.twilio.accounts import TestAccountNotConfigured, test_account
 from shared.twilio.gateway import (
     RATE_LIMITED_REASON,
     Accepted,
@@ -112,12 +113,30 @@ class SendingResources:
     session_factory: sessionmaker[Session]
     loop: asyncio.AbstractEventLoop
     redis: redis.asyncio.Redis
-    gateway: TwilioGateway
-    limiter: ConcurrencyLimiter
+    gateway: TwilioGateway  # the live account's
+    limiter: ConcurrencyLimiter  # the live account's concurrency budget
     retry_policy: SendRetryPolicy = field(init=False)
+    _test_channel: tuple[TwilioGateway, ConcurrencyLimiter] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.retry_policy = SendRetryPolicy.from_settings(self.settings)
+
+    def channel(self, is_test: bool) -> tuple[TwilioGateway, ConcurrencyLimiter]:
+        """The gateway and concurrency budget of a broadcast's account: the test account's (its own Redis key, its
+        own endpoint) for a test key's broadcast, opened on first use; TestAccountNotConfigured without one."""
+        if not is_test:
+            return self.gateway, self.limiter
+        if self._test_channel is None:
+            account = test_account(self.settings)
+            gateway = self.run(TwilioGateway.open(self.settings, account))
+            limiter = ConcurrencyLimiter(
+                self.redis,
+                concurrency_key(account.account_sid),
+                self.settings.twilio_max_concurrency,
+                self.settings.concurrency_lease_seconds,
+            )
+            self._test_channel = (gateway, limiter)
+        return self._test_channel
 
     @classmethod
     def create(cls, settings: Settings) -> SendingResources:
@@ -144,6 +163,8 @@ class SendingResources:
     def close(self) -> None:
         try:
             self.run(self.gateway.close())
+            if self._test_channel is not None:
+                self.run(self._test_channel[0].close())
             self.run(self.redis.aclose())
         finally:
             self.engine.dispose()
@@ -315,15 +336,21 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
         if body is None:
             logger.warning("broadcast %s not found: nothing to send for chunk %d", broadcast_id, chunk_number)
             return ChunkResult()
+        try:
+            gateway, limiter = resources.channel(body.test)
+        except TestAccountNotConfigured as error:
+            # Never the live account instead: the chunk stays pending (the sweeper offers it again) until it is set.
+            logger.error("broadcast %s chunk %d not sent: %s", broadcast_id, chunk_number, error)
+            return ChunkResult()
         messages = claim_pending_messages(session, broadcast_id, chunk_number, settings.claim_lease_seconds)
     if not messages:
         return ChunkResult()
     metrics = MetricsRecorder()
 
     async def send_all() -> list[tuple[ClaimedMessage, SendOutcome]]:
-        async with SlotPool(resources.limiter) as slots:
+        async with SlotPool(limiter) as slots:
             return await send_messages(
-                resources.gateway,
+                gateway,
                 slots,
                 body,
                 messages,

@@ -18,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.broadcasts import store as broadcast_store
-from shared.compliance.opt_outs import add_opt_outs, skip_opted_out_in_chunk
+from shared.compliance.opt_outs import SOURCE_SEND_21610, add_opt_outs, skip_opted_out_in_chunk
 from shared.compliance.quiet_hours import QuietHours, defer_quiet_rows
 from shared.messages import store as message_store
 from shared.messages.store import ClaimedMessage, SendRecord
@@ -118,7 +118,6 @@ def record_send_outcomes(
 
 
 # Twilio refuses a number whose owner replied STOP (21610); we remember it (the opt-out list).
-OPT_OUT_SOURCE_SEND = "send_21610"
 
 
 def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMessage, SendOutcome]]) -> int:
@@ -129,5 +128,5 @@ def record_opted_out_numbers(session: Session, results: Sequence[tuple[ClaimedMe
         if isinstance(outcome, Permanent) and outcome.code in SEND_OPT_OUT_CODES
     }
     reason = "Twilio refused the send with error 21610"
-    added = add_opt_outs(session, numbers, source=OPT_OUT_SOURCE_SEND, reason=reason)
+    added = add_opt_outs(session, numbers, source=SOURCE_SEND_21610, reason=reason)
     return len(added.added)

@@ -37,10 +37,11 @@ from shared.platform.models import BroadcastStatus, MessageState
 from shared.platform.task_queue import SEND_QUEUE, enqueue_chunks
 from shared.sending.chunks import SendingResources
 from shared.sending.claims import expire_unsent_messages
-from shared.sending.concurrency import SlotPool
+from shared.sending.concurrency import ConcurrencyLimiter, SlotPool
 from shared.sending.reconciliation import LostClaim, candidate_sids, match_lost_claims
 from shared.sending.windows import DEFAULT_WINDOW_CHUNKS, release_chunks, top_up_windows
-from shared.twilio.gateway import TwilioLookupError, TwilioMessage
+from shared.twilio.accounts import TestAccountNotConfigured
+from shared.twilio.gateway import TwilioGateway, TwilioLookupError, TwilioMessage
 
 logger = logging.getLogger(__name__)
 
@@ -209,19 +210,19 @@ def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) ->
 
 
 async def _look_up(
-    resources: SendingResources, numbers: set[str]
+    gateway: TwilioGateway, limiter: ConcurrencyLimiter, numbers: set[str]
 ) -> dict[str, list[TwilioMessage] | TwilioLookupError]:
-    """For each number: every message Twilio has for it (all pages, queued ones included), or the lookup's error."""
+    """For each number: every message the account has for it (all pages, queued ones included), or the error."""
     gate = asyncio.Semaphore(RECONCILE_CONCURRENCY)
     found: dict[str, list[TwilioMessage] | TwilioLookupError] = {}
 
-    async with SlotPool(resources.limiter) as slots:
+    async with SlotPool(limiter) as slots:
 
         async def look_up_one(number: str) -> None:
             # One slot for the whole lookup: its pages are read one after the other.
             async with gate, slots.slot() as _:
                 try:
-                    found[number] = await resources.gateway.messages_to(number)
+                    found[number] = await gateway.messages_to(number)
                 except TwilioLookupError as error:
                     found[number] = error
 
@@ -273,11 +274,26 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     if not suspects:
         return
     report.expired_claims = sum(1 for suspect in suspects if suspect.state == MessageState.SENDING)
-    lookups = resources.run(_look_up(resources, {suspect.to_number for suspect in suspects}))
+    with session_scope(resources.session_factory) as session:
+        test_broadcasts = broadcast_store.test_broadcast_ids(session, {suspect.broadcast_id for suspect in suspects})
+    # Each suspect is looked up in its own broadcast's account: a test message is never asked of the live one.
+    lookups: dict[bool, dict[str, list[TwilioMessage] | TwilioLookupError]] = {}
+    service_sids: dict[bool, str] = {}
+    for is_test in (False, True):
+        numbers = {suspect.to_number for suspect in suspects if (suspect.broadcast_id in test_broadcasts) == is_test}
+        if not numbers:
+            continue
+        try:
+            gateway, limiter = resources.channel(is_test)
+        except TestAccountNotConfigured as error:
+            logger.error("test messages not reconciled: %s", error)
+            continue
+        service_sids[is_test] = gateway.messaging_service_sid
+        lookups[is_test] = resources.run(_look_up(gateway, limiter, numbers))
 
     per_broadcast: dict[uuid.UUID, list[tuple[_Suspect, list[TwilioMessage]]]] = {}
     for suspect in suspects:
-        answer = lookups.get(suspect.to_number)
+        answer = lookups.get(suspect.broadcast_id in test_broadcasts, {}).get(suspect.to_number)
         if answer is None or isinstance(answer, TwilioLookupError):
             # Undecided: an incomplete answer is never "not at Twilio". The next sweep asks again.
             report.lookups_failed += 1
@@ -290,7 +306,7 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     for broadcast_id, looked_up in per_broadcast.items():
         with session_scope(resources.session_factory) as session:
             accepted_count, released_count, submitted, released = _apply_reconciliation(
-                session, broadcast_id, looked_up, lease, resources.gateway.messaging_service_sid
+                session, broadcast_id, looked_up, lease, service_sids[broadcast_id in test_broadcasts]
             )
         report.reconciled_accepted += accepted_count
         report.reconciled_pending += released_count

@@ -32,6 +32,7 @@ from twilio.http.response import Response
 from twilio.rest import Client
 
 from shared.platform.settings import TWILIO_DEFAULT_API_BASE_URL, Settings
+from shared.twilio.accounts import TwilioAccount, live_account
 from shared.twilio.error_codes import SendErrorBehaviour, send_error_behaviour
 
 logger = logging.getLogger(__name__)
@@ -177,18 +178,15 @@ class TwilioGateway:
         self.client = Client(username, password, account_sid=account_sid, http_client=self.http_client, environment={})
 
     @classmethod
-    async def open(cls, settings: Settings) -> TwilioGateway:
-        """A gateway with the API Key when TWILIO_API_KEY_SID/SECRET are set, else the Account SID and Auth Token."""
-        settings.require("twilio_account_sid", "twilio_messaging_service_sid")
-        credentials = settings.twilio_rest_credentials
-        if credentials is None:
-            settings.require("twilio_auth_token")
-        assert settings.twilio_account_sid and settings.twilio_messaging_service_sid and credentials
+    async def open(cls, settings: Settings, account: TwilioAccount | None = None) -> TwilioGateway:
+        """A gateway to `account` (default: the live one, with the API Key when TWILIO_API_KEY_SID/SECRET are set,
+        else the Account SID and Auth Token)."""
+        account = account or live_account(settings)
         return cls(
-            settings.twilio_account_sid,
-            credentials,
-            settings.twilio_messaging_service_sid,
-            api_base_url=settings.twilio_api_base_url,
+            account.account_sid,
+            account.credentials,
+            account.messaging_service_sid,
+            api_base_url=account.api_base_url,
             timeout_seconds=settings.twilio_request_timeout_seconds,
         )
 

@@ -66,7 +66,7 @@ def client(app: Flask) -> FlaskClient:
 
 @pytest.fixture
 def api_key(db_session: Session) -> str:
-    _, plaintext = create_api_key(db_session, "tests")
+    _, plaintext = create_api_key(db_session, "tests", scope="admin")
     return plaintext
 
 

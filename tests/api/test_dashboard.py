@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.dashboard import activity_chart, session_secret_key
 from shared.broadcasts.activity import broadcast_activity, bucket_width
-from shared.platform.api_keys import revoke_api_key
+from shared.platform.api_keys import create_api_key, revoke_api_key
 from shared.platform.models import BroadcastStatus
 from shared.platform.settings import Settings
 from shared.twilio.error_codes import ERROR_CODES, describe_error_code
@@ -333,3 +333,22 @@ def test_the_session_key_is_stable_when_configured_or_derivable(settings: Settin
     assert session_secret_key(derived) == session_secret_key(derived) != b"token"
     random = settings.replace(dashboard_secret_key=None, twilio_auth_token=None)
     assert session_secret_key(random) != session_secret_key(random)
+
+
+def test_a_test_keys_broadcasts_are_marked_test_on_both_pages(app: Flask, db_session: Session) -> None:
+    """A test key's broadcast, as intake stores it (`test` set from the key), carries a "test" badge; an ordinary
+    key's broadcast does not."""
+    for is_test in (True, False):
+        _, plaintext = create_api_key(db_session, f"key {is_test}", is_test=is_test)
+        client = app.test_client()  # a browser of its own
+        sent = client.post(
+            "/v1/broadcasts",
+            json={"message": "badge?", "recipients": ["+15550000001"]},
+            headers={"Authorization": f"Bearer {plaintext}"},
+        )
+        assert sent.status_code == 202
+        sign_in(client, plaintext)
+        listed = client.get("/dashboard/").get_data(as_text=True)
+        page = client.get(f"/dashboard/broadcasts/{sent.get_json()['id']}").get_data(as_text=True)
+        assert ('class="status status-test"' in listed) is is_test
+        assert ('id="test"' in page) is is_test

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from api.webhook_app import create_webhook_app
 from bulksms_tools.local_services import find_free_port
+from shared.compliance.opt_outs import add_opt_outs
 from shared.platform.db import create_session_factory
 from shared.platform.settings import Settings
 from shared.receipts.events import drain_status_stream
@@ -207,3 +208,21 @@ def test_redis_down_answers_503_so_twilio_retries(settings: Settings) -> None:
     response = post_reply(client, reply_parameters("STOP"))
     assert response.status_code == 503
     assert response.content_type == "application/problem+json"
+
+
+@pytest.mark.parametrize("source", ["api", "csv_import", "send_21610", "callback_21610"])
+def test_start_lifts_only_a_suppression_its_stop_made(
+    client: FlaskClient, engine: Engine, redis_client: redis.Redis, settings: Settings, db_session: Session, source: str
+) -> None:
+    """An operator's (API, CSV) or Twilio's (21610) suppression stays when the person replies START; their own STOP
+    is lifted. The list keeps where each came from."""
+    other = "+447700900456"
+    add_opt_outs(db_session, [other], source=source, reason="added by someone else")
+    db_session.commit()
+    reply(client, "STOP")
+    apply_queued(engine, redis_client, settings)
+    assert opted_out(db_session) == {SENDER: "inbound_stop", other: source}
+    reply(client, "START")
+    reply(client, "START", sender=other)
+    apply_queued(engine, redis_client, settings)
+    assert opted_out(db_session) == {other: source}

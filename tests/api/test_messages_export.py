@@ -73,6 +73,7 @@ def test_export_streams_every_message_once_with_its_columns(
         "last_receipt_at": "2026-11-29T17:00:00+00:00",
         "final_at": "2026-11-29T17:00:00+00:00",
         "client_reference": "",  # the broadcast has none
+        "test": "false",  # an ordinary key's broadcast
     }
     assert datetime.fromisoformat(rows[0]["created_at"]).tzinfo is not None
     assert rows[1]["state"] == "pending" and rows[1]["twilio_sid"] == "" and rows[1]["error_code"] == ""
@@ -116,5 +117,5 @@ def test_every_row_carries_the_broadcasts_client_reference(client: FlaskClient, 
 
     assert response.status_code == 200
     header = response.get_data(as_text=True).splitlines()[0]
-    assert header.endswith(",final_at,client_reference")
+    assert header.endswith(",final_at,client_reference,test")
     assert [row["client_reference"] for row in rows_of(response.get_data(as_text=True))] == [reference] * 3

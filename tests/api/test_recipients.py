@@ -152,7 +152,7 @@ def test_with_delete_at_twilio_the_messages_are_deleted_at_twilio(
 ) -> None:
     from shared.platform.api_keys import create_api_key
 
-    _, key = create_api_key(db_session, "erasure")
+    _, key = create_api_key(db_session, "erasure", scope="admin")
     db_session.commit()
     account = f"{simulator_for_deletions}/2010-04-01/Accounts/{TEST_ACCOUNT_SID}"
     created = requests.post(

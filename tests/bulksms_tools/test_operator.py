@@ -26,6 +26,7 @@ from click.testing import CliRunner, Result
 
 from bulksms_tools.cli import cli
 from bulksms_tools.local_services import find_free_port
+from bulksms_tools.operator import send_idempotency_key
 from tests.bulksms_tools.test_stack import SETTING_VARIABLES, bulksms, processes_of
 from tests.conftest import wait_until
 
@@ -93,7 +94,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     running = Stack(process, environment, log_path)
     try:
         wait_until(running.ready, timeout_seconds=180, interval=0.5, message="bulksms up to be ready")
-        created = running.run("keys", "create", "cli-test")
+        created = running.run("keys", "create", "cli-test", "--scope", "admin")
         assert created.exit_code == 0, created.output
         running.api_key = next(line for line in created.output.splitlines() if line.startswith("bsk_"))
         yield running
@@ -368,3 +369,52 @@ def test_keys_create_sets_the_keys_default_region_and_allowed_countries(stack: S
     refused = stack.run("keys", "create", "typo", "--default-region", "UK")
     assert refused.exit_code == 2
     assert "'UK' is not an ISO 3166-1 alpha-2 country code" in refused.output
+
+
+def test_send_derives_an_idempotency_key_so_a_re_run_sends_nothing_twice(stack: Stack, tmp_path: Path) -> None:
+    contacts = contacts_csv(tmp_path / "rerun.csv", 5, start=7000)
+    options = {"message": "Hi {first_name}"}
+    key = send_idempotency_key(contacts, options)
+    # A first run whose upload reached the API but whose answer never came back (a timeout, a crash): the API
+    # stored the broadcast under the key the command derives.
+    first = requests.post(
+        f"{stack.api_url}/v1/broadcasts",
+        params=options,
+        data=contacts.read_bytes(),
+        headers={"Authorization": f"Bearer {stack.api_key}", "Content-Type": "text/csv", "Idempotency-Key": key},
+        timeout=30,
+    )
+    assert first.status_code == 202, first.text
+    before = broadcast_ids(stack)
+
+    rerun = stack.run("send", str(contacts), "--message", "Hi {first_name}", "--yes")
+    assert rerun.exit_code == 0, rerun.output
+    assert f"Idempotency-Key: {key}" in rerun.output
+    assert "already sent" in rerun.output
+    assert f"accepted as broadcast {first.json()['id']}" in rerun.output
+    assert broadcast_ids(stack) == before
+
+    # Another message (or file, or option) is another broadcast.
+    other = stack.run("send", str(contacts), "--message", "Hello {first_name}", "--yes")
+    assert other.exit_code == 0, other.output
+    assert "already sent" not in other.output
+    assert len(broadcast_ids(stack) - before) == 1
+
+
+def test_keys_create_with_a_scope_and_limits_then_update(stack: Stack) -> None:
+    created = stack.run("keys", "create", "reporting", "--scope", "read", "--rate-limit", "2")
+    assert created.exit_code == 0, created.output
+    assert "scope read; 2/min, DAILY_MESSAGE_LIMIT" in created.output
+    key = next(line for line in created.output.splitlines() if line.startswith("bsk_"))
+    key_id = re.search(r"created API key (\d+)", created.output)
+    assert key_id is not None
+    headers = {"Authorization": f"Bearer {key}"}
+    answers = [requests.get(f"{stack.api_url}/v1/broadcasts", headers=headers, timeout=10) for _ in range(3)]
+    assert [answer.status_code for answer in answers] == [200, 200, 429]
+    assert int(answers[2].headers["Retry-After"]) <= 60
+
+    updated = stack.run("keys", "update", key_id.group(1), "--scope", "send", "--daily-limit", "100")
+    assert updated.exit_code == 0, updated.output
+    assert "scope send; 2/min, 100 recipients/day" in updated.output
+    listed = stack.run("keys", "list", COLUMNS="200")  # wide enough for rich not to wrap the table
+    assert "reporting" in listed.output and "100 recipients/day" in listed.output

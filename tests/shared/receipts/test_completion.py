@@ -252,3 +252,23 @@ def test_a_completion_callback_whose_task_was_lost_is_found_again(db_session: Se
     db_session.commit()
 
     assert forgotten_completion_callbacks(db_session) == [lost.id]
+
+
+def test_the_completion_summary_says_whether_the_broadcast_was_a_test(db_session: Session) -> None:
+    test_key, _ = create_api_key(db_session, "sandbox", is_test=True)
+    live_key, _ = create_api_key(db_session, "production")
+    created = {}
+    for index, api_key in enumerate((test_key, live_key)):
+        request = BroadcastRequest("hi", numbers(len(ALL_FINAL), prefix=f"+1555{index}"))
+        broadcast = intake.create_broadcast(
+            db_session, api_key_id=api_key.id, request=request, chunk_size=100, test=api_key.is_test
+        ).broadcast
+        put_in_states(db_session, broadcast.id, ALL_FINAL)
+        created[api_key.is_test] = broadcast.id
+    complete_broadcasts(db_session, IDLE_SECONDS)
+    db_session.commit()
+
+    for is_test, broadcast_id in created.items():
+        summary = completion_summary(db_session, broadcast_id)
+        assert summary is not None
+        assert summary["broadcast"]["test"] is is_test
