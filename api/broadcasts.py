@@ -29,6 +29,7 @@ from api.schemas import (
 )
 from shared.broadcasts.content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
 from shared.broadcasts.intake import (
+    BroadcastRequest,
     IdempotencyConflictError,
     InvalidCursorError,
     InvalidRecipientsError,
@@ -42,6 +43,7 @@ from shared.broadcasts.intake import (
 from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
 from shared.platform.models import Broadcast, BroadcastStatus
+from shared.platform.outbound import destination_problem
 from shared.receipts.completion import completion_reason
 
 logger = logging.getLogger(__name__)
@@ -107,6 +109,29 @@ def _cyclic_garbage_collection_paused() -> Iterator[None]:
             gc.enable()
 
 
+def _check_destinations(broadcast_request: BroadcastRequest) -> None:
+    """Refuse URLs whose host resolves to loopback, private, link-local or metadata addresses (blind SSRF):
+    the callback_url we POST to, and media_urls Twilio fetches. ALLOW_PRIVATE_CALLBACK_URLS lifts it."""
+    allow_private = services().settings.allow_private_callback_urls
+    errors: dict[str, list[str]] = {}
+    if broadcast_request.callback_url is not None:
+        problem = destination_problem(broadcast_request.callback_url, allow_private=allow_private)
+        if problem is not None:
+            errors["callback_url"] = [problem]
+    for position, url in enumerate(broadcast_request.media_urls or ()):
+        problem = destination_problem(url, allow_private=allow_private)
+        if problem is not None:
+            errors.setdefault("media_urls", []).append(f"{position}: {problem}")
+    if errors:
+        raise ApiProblem(
+            400,
+            "A URL in the request leads to a host bulksms does not send to (loopback, private, link-local or "
+            "cloud metadata addresses). Nothing was stored.",
+            problem="url-not-allowed",
+            errors=errors,
+        )
+
+
 @blueprint.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
     with _cyclic_garbage_collection_paused():
@@ -123,6 +148,7 @@ def _create() -> tuple[Response, int, dict[str, str]]:
     else:
         broadcast_request = broadcast_request_schema.load(_json_body())
     check_schedule(broadcast_request)  # 422 when send_at is too soon or too far ahead
+    _check_destinations(broadcast_request)  # 400 when a URL leads into our own network
     idempotency_key = _idempotency_key()
     if broadcast_request.callback_url is not None and not api_key.signing_secret:
         # The completion callback is signed with the key's signing secret; a key created before signing

@@ -126,6 +126,16 @@ class Settings:
     webhook_read_timeout_seconds: float = _env(
         "WEBHOOK_READ_TIMEOUT_SECONDS", "A webhook body not fully received after this long is cut off", default=3.0
     )
+    allow_private_callback_urls: bool = _env(
+        "ALLOW_PRIVATE_CALLBACK_URLS",
+        "Let callback_url and media_urls reach loopback, private and link-local hosts (development only)",
+        default=False,
+    )
+    callback_deadline_seconds: float = _env(
+        "CALLBACK_DEADLINE_SECONDS",
+        "A completion callback POST (connect, send, response) is cut off after this long in all",
+        default=10.0,
+    )
     metrics_token: str | None = _env(
         "METRICS_TOKEN",
         "Bearer token for GET /metrics; unset: the API serves it openly, the webhook service not at all",
@@ -281,6 +291,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         "status_batch_size",
         "webhook_max_body_bytes",
         "webhook_read_timeout_seconds",
+        "callback_deadline_seconds",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
