@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -73,9 +74,40 @@ def _json_body() -> Any:
         )
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiProblem(400, f"The request body is not valid JSON: {error}", problem="malformed-json") from None
+    if SURROGATE_ESCAPE.search(raw) and lone_surrogate_in(body):
+        raise ApiProblem(
+            400,
+            "The request body is not valid JSON text: a string holds a lone UTF-16 surrogate (an escape like "
+            "\\ud800 without its pair), which is no character and cannot be stored or sent.",
+            problem="malformed-json",
+        )
+    return body
+
+
+# JSON can only carry a surrogate as a \\uD800-\\uDFFF escape: the (rare) bodies that hold one are walked to find
+# a lone one; pairs (an emoji written as escapes) are fine.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate_in(value: Any) -> bool:
+    """True when a string anywhere in `value` (keys included) is not encodable text."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _idempotency_key() -> str | None:
