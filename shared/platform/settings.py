@@ -83,6 +83,11 @@ class Settings:
     sweeper_grace_seconds: int = _env(
         "SWEEPER_GRACE_SECONDS", "Pending recipients idle this long with an empty queue are re-enqueued", default=60
     )
+    sweeper_busy_grace_seconds: int = _env(
+        "SWEEPER_BUSY_GRACE_SECONDS",
+        "Pending recipients idle this long are re-enqueued even while sms.send has a backlog",
+        default=600,
+    )
     max_request_bytes: int = _env(
         "MAX_REQUEST_BYTES",
         "Largest accepted request body (default fits 1,000,000 recipients)",

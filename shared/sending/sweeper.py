@@ -1,8 +1,10 @@
 """Periodic recovery (`sms.sweep`): what makes "every recipient sent exactly once" survive crashes.
 
 1. Broadcasts stored but never enqueued (a crash between commit and enqueue): enqueue their pending chunks.
-2. Chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a worker
-   died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
+2. Chunks with recipients still `pending`, idle past the grace period (a worker died holding the task, or Redis
+   lost the queue): enqueue them again (a duplicate is harmless: claims skip). While `sms.send` has a backlog, a
+   pending chunk may just be waiting its turn, so the longer SWEEPER_BUSY_GRACE_SECONDS applies, and each chunk is
+   re-enqueued at most once per that period; steady traffic never keeps a lost chunk waiting for good.
 3. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's whole list
    of messages to that number (queued ones included) decides, by the identity rule of
    shared.sending.reconciliation: found -> `accepted` with its SID; not found -> `pending`, sent again.
@@ -276,6 +278,21 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     )
 
 
+REQUEUED_KEY_PREFIX = "bulksms:requeued-chunk:"
+
+
+async def _not_requeued_recently(
+    resources: SendingResources, chunks: list[tuple[uuid.UUID, int]], period_seconds: float
+) -> list[tuple[uuid.UUID, int]]:
+    """The chunks not re-enqueued within `period_seconds` (marking them now): behind a backlog, an idle chunk that
+    was re-enqueued is waiting in the queue again, and enqueueing it at every sweep would only grow the backlog."""
+    async with resources.redis.pipeline(transaction=False) as pipeline:
+        for broadcast_id, chunk_number in chunks:
+            pipeline.set(f"{REQUEUED_KEY_PREFIX}{broadcast_id}:{chunk_number}", "1", nx=True, ex=int(period_seconds))
+        marked = await pipeline.execute()
+    return [chunk for chunk, newly in zip(chunks, marked, strict=True) if newly]
+
+
 async def _queue_length(resources: SendingResources) -> int:
     return int(await resources.redis.llen(SEND_QUEUE))
 
@@ -304,13 +321,20 @@ def sweep(resources: SendingResources, app: Celery) -> SweepReport:
             report.broadcasts_enqueued = enqueue_forgotten_broadcasts(session, app, UNENQUEUED_AGE_SECONDS)
 
         queued = resources.run(_queue_length(resources))
-        if queued == 0:
-            with session_scope(resources.session_factory) as session:
-                chunks = idle_pending_chunks(session, settings.sweeper_grace_seconds)
-            if chunks:
-                requeue_chunks(app, chunks)
-                report.chunks_requeued = len(chunks)
-                logger.warning("re-enqueued %d idle chunks with pending recipients", len(chunks))
+        grace = settings.sweeper_grace_seconds if queued == 0 else settings.sweeper_busy_grace_seconds
+        with session_scope(resources.session_factory) as session:
+            chunks = idle_pending_chunks(session, grace)
+        if chunks and queued:
+            chunks = resources.run(_not_requeued_recently(resources, chunks, settings.sweeper_busy_grace_seconds))
+        if chunks:
+            requeue_chunks(app, chunks)
+            report.chunks_requeued = len(chunks)
+            logger.warning(
+                "re-enqueued %d idle chunks with pending recipients (%d tasks waiting in %s)",
+                len(chunks),
+                queued,
+                SEND_QUEUE,
+            )
 
         reconcile_expired_claims(resources, app, report)
     finally:
