@@ -155,8 +155,11 @@ def enqueue_completion_callbacks(app: Celery, broadcast_ids: list[uuid.UUID]) ->
 ENQUEUE_BATCH_SIZE = 1_000
 
 
-def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: list[int] | range) -> None:
-    """Publish one `sms.send_chunk` task per chunk, carrying ids only.
+def enqueue_chunks(
+    app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: list[int] | range, *, ahead: bool = False
+) -> None:
+    """Publish one `sms.send_chunk` task per chunk, carrying ids only; `ahead`: at the head of the queue (taken
+    next), for chunks whose task was lost and which have waited longest already.
 
     On Redis the messages are written with pipelined LPUSHes, 1,000 per round trip: a 1,000,000-recipient
     broadcast has 10,000 chunks, and `send_task` one by one costs ~0.4 ms each. Each message is a copy of one
@@ -170,7 +173,9 @@ def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: li
         client = connection.default_channel.client
         with client.pipeline(transaction=False) as pipeline:
             for position, chunk_number in enumerate(chunk_numbers, start=1):
-                pipeline.lpush(SEND_QUEUE, _chunk_message(template, str(broadcast_id), int(chunk_number)))
+                # kombu's Redis transport LPUSHes and workers BRPOP: the right end is the head of the queue.
+                push = pipeline.rpush if ahead else pipeline.lpush
+                push(SEND_QUEUE, _chunk_message(template, str(broadcast_id), int(chunk_number)))
                 if position % ENQUEUE_BATCH_SIZE == 0:
                     pipeline.execute()
             pipeline.execute()
