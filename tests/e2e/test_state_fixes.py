@@ -100,6 +100,8 @@ def test_a_broadcast_whose_recipients_all_opted_out_after_intake_completes(
 
     wait_until(lambda: status_of(api_client, auth, broadcast_id) == "completed", 60, message="completed")
     assert message_states(engine, broadcast_id) == {"skipped": 150}
+    view = broadcast_view(api_client, auth["Authorization"].split(" ", 1)[1], broadcast_id)
+    assert view["submitted_at"] is not None  # it went through `submitted`, as every broadcast does
 
 
 def test_a_chunk_lost_under_steady_traffic_is_sent_before_the_queue_empties(
