@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -31,6 +32,7 @@ from api.schemas import (
 from shared.broadcasts.content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
 from shared.broadcasts.deadlines import deadline_warnings
 from shared.broadcasts.intake import (
+    BroadcastRequest,
     IdempotencyConflictError,
     InvalidCursorError,
     InvalidRecipientsError,
@@ -45,6 +47,7 @@ from shared.broadcasts.options import FILTERABLE_OPTION_NAMES
 from shared.broadcasts.progress import broadcast_progress
 from shared.platform.key_limits import LimitExceeded
 from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
+from shared.platform.outbound import destination_problem
 from shared.platform.settings import Settings
 from shared.receipts.completion import completion_reason
 
@@ -75,9 +78,40 @@ def _json_body() -> Any:
         )
     raw = request.get_data(cache=False)  # raises 413 past MAX_CONTENT_LENGTH
     try:
-        return json.loads(raw)
+        body = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as error:
         raise ApiProblem(400, f"The request body is not valid JSON: {error}", problem="malformed-json") from None
+    if SURROGATE_ESCAPE.search(raw) and lone_surrogate_in(body):
+        raise ApiProblem(
+            400,
+            "The request body is not valid JSON text: a string holds a lone UTF-16 surrogate (an escape like "
+            "\\ud800 without its pair), which is no character and cannot be stored or sent.",
+            problem="malformed-json",
+        )
+    return body
+
+
+# JSON can only carry a surrogate as a \\uD800-\\uDFFF escape: the (rare) bodies that hold one are walked to find
+# a lone one; pairs (an emoji written as escapes) are fine.
+SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def lone_surrogate_in(value: Any) -> bool:
+    """True when a string anywhere in `value` (keys included) is not encodable text."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return False
 
 
 def _idempotency_key() -> str | None:
@@ -137,6 +171,29 @@ def _daily_allowance(api_key: ApiKey, settings: Settings) -> Callable[[int], Cal
     return reserve
 
 
+def _check_destinations(broadcast_request: BroadcastRequest) -> None:
+    """Refuse URLs whose host resolves to loopback, private, link-local or metadata addresses (blind SSRF):
+    the callback_url we POST to, and media_urls Twilio fetches. ALLOW_PRIVATE_CALLBACK_URLS lifts it."""
+    allow_private = services().settings.allow_private_callback_urls
+    errors: dict[str, list[str]] = {}
+    if broadcast_request.callback_url is not None:
+        problem = destination_problem(broadcast_request.callback_url, allow_private=allow_private)
+        if problem is not None:
+            errors["callback_url"] = [problem]
+    for position, url in enumerate(broadcast_request.media_urls or ()):
+        problem = destination_problem(url, allow_private=allow_private)
+        if problem is not None:
+            errors.setdefault("media_urls", []).append(f"{position}: {problem}")
+    if errors:
+        raise ApiProblem(
+            400,
+            "A URL in the request leads to a host bulksms does not send to (loopback, private, link-local or "
+            "cloud metadata addresses). Nothing was stored.",
+            problem="url-not-allowed",
+            errors=errors,
+        )
+
+
 @blueprint.post("")
 def create() -> tuple[Response, int, dict[str, str]]:
     with _cyclic_garbage_collection_paused():
@@ -153,6 +210,7 @@ def _create() -> tuple[Response, int, dict[str, str]]:
     else:
         broadcast_request = broadcast_request_schema.load(_json_body())
     check_schedule(broadcast_request)  # 422 when send_at is too soon or too far ahead
+    _check_destinations(broadcast_request)  # 400 when a URL leads into our own network
     idempotency_key = _idempotency_key()
     if broadcast_request.callback_url is not None and not api_key.signing_secret:
         # The completion callback is signed with the key's signing secret; a key created before signing

@@ -42,7 +42,7 @@ from bulksms_tools.local_services import (
 from shared.platform.db import sqlalchemy_url
 from shared.platform.migrate import upgrade_to_head
 from shared.platform.settings import Settings, settings_to_environment
-from shared.platform.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
+from shared.platform.task_queue import ALL_QUEUES, CALLBACK_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
 
 STATE_FILE_NAME = "stack.json"  # where a running stack tells other `bulksms` commands how to reach it
 LOCK_FILE_NAME = "stack.lock"
@@ -385,6 +385,7 @@ class LocalStack:
         self._start_process("api", self._api_command(), environment)
         self._start_process("worker", self._worker_command(), environment)
         self._start_process("status-worker", self._status_worker_command(), environment)
+        self._start_process("callback-worker", self._callback_worker_command(), environment)
         self._start_process("beat", self._beat_command(), environment)
         if self.options.flower:
             self._start_flower(environment)
@@ -450,10 +451,13 @@ class LocalStack:
             twilio_auth_token=credentials.auth_token,
             twilio_messaging_service_sid=credentials.messaging_service_sid,
             twilio_api_base_url=self.simulator_url,
+            # A development stack: completion callbacks may go to a receiver on this machine.
+            allow_private_callback_urls=True,
         )
         self.say(
             f"Twilio simulator: {self.simulator_url}  ({self.options.simulator_latency_ms} ms per request, "
-            f"at most {max_concurrency} in flight; no TWILIO_* credentials set, so nothing reaches Twilio)"
+            f"at most {max_concurrency} in flight; no TWILIO_* credentials set, so nothing reaches Twilio; "
+            "callback_url may be a local address)"
         )
 
     def _start_flower(self, environment: dict[str, str]) -> None:
@@ -511,6 +515,18 @@ class LocalStack:
             "--queues", STATUS_QUEUE,
             "--concurrency", "1",  # batches of 500 in one process keep up with thousands of callbacks a second
             "--hostname", f"bulksms-status-{os.getpid()}@%h",
+            "--loglevel", self.settings.log_level,
+            "--without-mingle", "--without-gossip",
+        ]  # fmt: skip
+
+    def _callback_worker_command(self) -> list[str]:
+        # Completion callbacks wait on client servers (up to CALLBACK_DEADLINE_SECONDS each): never in a process
+        # that sends or applies receipts.
+        return [
+            sys.executable, "-m", "celery", "-A", "worker.app", "worker",
+            "--queues", CALLBACK_QUEUE,
+            "--concurrency", "2",
+            "--hostname", f"bulksms-callbacks-{os.getpid()}@%h",
             "--loglevel", self.settings.log_level,
             "--without-mingle", "--without-gossip",
         ]  # fmt: skip

@@ -28,6 +28,7 @@ from bulksms_tools.local_services import EmbeddedPostgres, EmbeddedRedis, Manage
 from shared.platform.db import create_database_engine, create_session_factory, sqlalchemy_url
 from shared.platform.migrate import upgrade_to_head
 from shared.platform.settings import Settings, load_settings, settings_to_environment
+from shared.platform.task_queue import ALL_QUEUES
 
 REPOSITORY_ROOT = Path(__file__).resolve().parent.parent
 TEST_ACCOUNT_SID = "AC" + "a1" * 16
@@ -155,6 +156,8 @@ def base_settings(database_url: str, redis_url: str, simulator_url: str) -> Sett
             "CONCURRENCY_LEASE_SECONDS": "10",
             "SWEEPER_INTERVAL_SECONDS": "1",
             "SWEEPER_GRACE_SECONDS": "3",
+            # Completion callbacks go to receivers on 127.0.0.1; tests of the refusal turn this off.
+            "ALLOW_PRIVATE_CALLBACK_URLS": "true",
         },
         dotenv_path=None,
     )
@@ -273,7 +276,12 @@ class WorkerProcesses:
         environment.update(settings_to_environment(self.settings))
         return environment
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> ManagedProcess:
+    def start_worker(
+        self,
+        name: str = "worker",
+        concurrency: int = 2,
+        queues: str = ",".join(ALL_QUEUES),
+    ) -> ManagedProcess:
         process = ManagedProcess(
             name,
             [
@@ -284,7 +292,7 @@ class WorkerProcesses:
                 "worker.app",
                 "worker",
                 "--queues",
-                "sms.send,sms.maintenance,sms.status",
+                queues,
                 "--concurrency",
                 str(concurrency),
                 "--hostname",

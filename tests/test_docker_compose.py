@@ -25,6 +25,7 @@ PACKAGE_SERVICES = (
     "api",
     "worker",
     "status-worker",
+    "callback-worker",
     "webhook",
     "beat",
     "simulator",
@@ -67,6 +68,7 @@ def test_the_expected_services_exist() -> None:
         "api",
         "worker",
         "status-worker",
+        "callback-worker",
         "webhook",
         "beat",
         "flower",
@@ -114,7 +116,7 @@ def test_every_package_command_exists(name: str) -> None:
 
 
 def test_every_queue_has_a_worker_consuming_it() -> None:
-    from shared.platform.task_queue import ALL_QUEUES, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
+    from shared.platform.task_queue import ALL_QUEUES, CALLBACK_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
 
     def queues(service: str) -> set[str]:
         words = command_words(SERVICES[service])
@@ -122,7 +124,8 @@ def test_every_queue_has_a_worker_consuming_it() -> None:
 
     assert queues("worker") == {SEND_QUEUE, MAINTENANCE_QUEUE}
     assert queues("status-worker") == {STATUS_QUEUE}
-    assert queues("worker") | queues("status-worker") == set(ALL_QUEUES)
+    assert queues("callback-worker") == {CALLBACK_QUEUE}  # a slow client server never holds a sending process
+    assert queues("worker") | queues("status-worker") | queues("callback-worker") == set(ALL_QUEUES)
 
 
 def test_flower_is_protected_persistent_and_reads_the_broker_from_redis_url() -> None:

@@ -25,12 +25,7 @@ from shared.platform.task_queue import (
     TRIM_STATUS_STREAM_TASK,
     enqueue_completion_callbacks,
 )
-from shared.receipts.completion import (
-    callback_retry_delay,
-    complete_broadcasts,
-    deliver_completion_callback,
-    forgotten_completion_callbacks,
-)
+from shared.receipts.completion import complete_broadcasts, deliver_completion_callback, due_completion_callbacks
 from shared.receipts.delivery_retries import release_and_enqueue_due_retries
 from shared.receipts.status_queue import trim_acknowledged
 from shared.sending.chunks import send_chunk
@@ -79,27 +74,30 @@ def release_due_retries_task(self: BulksmsTask) -> None:
 
 @worker_task(COMPLETE_BROADCASTS_TASK, on_infrastructure_error=SkipThisRun("broadcast completion not checked"))
 def complete_broadcasts_task(self: BulksmsTask) -> None:
-    """Mark finished broadcasts `completed`, then queue their completion callbacks."""
+    """Mark finished broadcasts `completed`, then queue the completion callbacks that are due (theirs, retries
+    whose wait ended, attempts whose worker died)."""
     with self.session() as session:
         completed = complete_broadcasts(session, settings.completion_idle_seconds)
     with self.session() as session:
-        forgotten = forgotten_completion_callbacks(session)
+        due = due_completion_callbacks(session)
     for broadcast in completed:
         logger.info("broadcast %s completed", broadcast.id)
-    if forgotten:
-        logger.warning("%d completion callbacks were never tried: enqueued again", len(forgotten))
-    enqueue_completion_callbacks(celery_app, [b.id for b in completed if b.callback_url] + forgotten)
+    enqueue_completion_callbacks(celery_app, due)
 
 
 @worker_task(NOTIFY_COMPLETION_TASK, on_infrastructure_error=RetryLater(), max_retries=None)
 def notify_completion_task(self: BulksmsTask, broadcast_id: str) -> None:
-    """POST the signed completion summary to the broadcast's callback_url; retried with backoff, then given up."""
+    """POST the signed completion summary to the broadcast's callback_url once; a failure makes it due again later
+    (beat enqueues it then), and after the last attempt it is given up."""
     broadcast_uuid = self.broadcast_uuid(broadcast_id)
     if broadcast_uuid is None:
         return
-    attempt = deliver_completion_callback(self.session_factory, broadcast_uuid)
-    if attempt.should_retry:
-        raise self.retry(countdown=callback_retry_delay(attempt.attempt))
+    deliver_completion_callback(
+        self.session_factory,
+        broadcast_uuid,
+        deadline_seconds=settings.callback_deadline_seconds,
+        allow_private=settings.allow_private_callback_urls,
+    )
 
 
 @worker_task(RELEASE_SCHEDULED_TASK, on_infrastructure_error=SkipThisRun("scheduled broadcasts not released"))

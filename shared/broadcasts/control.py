@@ -8,6 +8,7 @@ and the claim itself refuses rows of a broadcast that may not send, so the datab
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import uuid
@@ -18,7 +19,8 @@ from datetime import UTC, datetime, timedelta
 import redis
 import redis.asyncio
 from celery import Celery
-from sqlalchemy.orm import Session
+from sqlalchemy import text
+from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
 from shared.broadcasts.store import InvalidTransitionError
@@ -107,11 +109,22 @@ def reschedule_broadcast(
 
 
 class HaltCheck:
-    """`await check()` is True once the broadcast is paused or canceled; Redis is asked at most once a second."""
+    """`await check()` is True once the broadcast is paused or canceled; Redis is asked at most once a second.
 
-    def __init__(self, redis_client: redis.asyncio.Redis, broadcast_id: uuid.UUID) -> None:
+    The flag is only a cache of the broadcast's status: when it is set, `halted_in_database` (PostgreSQL) confirms
+    it. A flag that outlived the status (Redis failed while a resume deleted it) is removed, and sending goes on;
+    trusted blindly, it made every chunk claim and release its rows in a loop until the flag expired.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.asyncio.Redis,
+        broadcast_id: uuid.UUID,
+        halted_in_database: Callable[[], bool] | None = None,
+    ) -> None:
         self.redis = redis_client
         self.key = halt_key(broadcast_id)
+        self.halted_in_database = halted_in_database
         self.checked_at = float("-inf")
         self.halted = False
 
@@ -121,10 +134,25 @@ class HaltCheck:
         if time.monotonic() - self.checked_at >= HALT_CHECK_INTERVAL_SECONDS:
             self.checked_at = time.monotonic()
             try:
-                self.halted = bool(await self.redis.exists(self.key))
+                flagged = bool(await self.redis.exists(self.key))
             except redis.RedisError:
                 return False  # the claim guard still stops the next chunk
+            if flagged and self.halted_in_database is not None and not self.halted_in_database():
+                logger.warning("%s was set but the broadcast is not paused or canceled: stale flag removed", self.key)
+                with contextlib.suppress(redis.RedisError):  # else asked and confirmed again at the next check
+                    await self.redis.delete(self.key)
+                flagged = False
+            self.halted = flagged
         return self.halted
+
+
+def halted_in_database(session_factory: sessionmaker[Session], broadcast_id: uuid.UUID) -> bool:
+    """True when PostgreSQL says the broadcast is paused or canceled (the truth behind the halt flag)."""
+    with session_factory() as session:
+        status = session.execute(
+            text("SELECT status FROM broadcasts WHERE id = :id"), {"id": broadcast_id}
+        ).scalar_one_or_none()
+    return status in (BroadcastStatus.PAUSED, BroadcastStatus.CANCELED)
 
 
 HaltCallable = Callable[[], Awaitable[bool]]

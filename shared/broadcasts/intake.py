@@ -566,11 +566,16 @@ def list_broadcasts(
         query = query.where(getattr(Broadcast, option.columns[0]) == value)
     if cursor is not None:
         values = decode_cursor(cursor)
+        created_text, id_text = values.get("created_at"), values.get("id")
+        if not isinstance(created_text, str) or not isinstance(id_text, str):
+            raise InvalidCursorError("not a cursor from this API")
         try:
-            created_at = datetime.fromisoformat(values["created_at"])
-            after_id = uuid.UUID(values["id"])
-        except (KeyError, TypeError, ValueError) as error:
+            created_at = datetime.fromisoformat(created_text)
+            after_id = uuid.UUID(id_text)
+        except ValueError as error:
             raise InvalidCursorError("not a cursor from this API") from error
+        if created_at.tzinfo is None:
+            raise InvalidCursorError("not a cursor from this API")
         query = query.where(tuple_(Broadcast.created_at, Broadcast.id) < tuple_(created_at, after_id))
     rows = list(session.scalars(query.order_by(Broadcast.created_at.desc(), Broadcast.id.desc()).limit(limit + 1)))
     next_cursor = None
@@ -590,7 +595,8 @@ def list_messages(
         query = query.where(Message.state == state)
     if cursor is not None:
         after_id = decode_cursor(cursor).get("after")
-        if not isinstance(after_id, int):
+        # A message id: a bigint (true and false are ints to Python, never ids).
+        if not isinstance(after_id, int) or isinstance(after_id, bool) or not 0 <= after_id < 2**63:
             raise InvalidCursorError("not a cursor from this API")
         query = query.where(Message.id > after_id)
     rows = list(session.scalars(query.order_by(Message.id).limit(limit + 1)))

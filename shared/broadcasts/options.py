@@ -21,6 +21,7 @@ import enum
 import unicodedata
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
@@ -36,6 +37,9 @@ MAX_MESSAGE_CHARACTERS = 1_600
 MAX_RECIPIENTS = 1_000_000
 ON_INVALID_CHOICES = ("reject", "skip")
 MAX_CLIENT_REFERENCE_CHARACTERS = 256
+# What the columns hold (integer; numeric(14, 4)): larger values are refused as input, never left to the database.
+MAX_SEGMENTS_LIMIT = 2**31 - 1
+MAX_COST_LIMIT = Decimal("1e10")
 
 
 class CsvForm(enum.Enum):
@@ -333,8 +337,8 @@ BROADCAST_OPTIONS: tuple[BroadcastOption, ...] = (
     ),
     BroadcastOption(
         "max_segments",
-        fields.Integer(strict=True, load_default=None, validate=validate.Range(min=1)),
-        "Optional integer ≥ 1: refuse (422) if any recipient's message would take more segments.",
+        fields.Integer(strict=True, load_default=None, validate=validate.Range(min=1, max=MAX_SEGMENTS_LIMIT)),
+        "Optional integer, 1 to 2,147,483,647: refuse (422) if any recipient's message would take more segments.",
         2,
         columns=("max_segments",),
         csv=CsvForm.INTEGER,
@@ -342,8 +346,12 @@ BROADCAST_OPTIONS: tuple[BroadcastOption, ...] = (
     ),
     BroadcastOption(
         "max_cost",
-        fields.Decimal(load_default=None, allow_nan=False, validate=validate.Range(min=0, min_inclusive=False)),
-        "Optional number > 0: refuse (422) if the estimated cost is higher.",
+        fields.Decimal(
+            load_default=None,
+            allow_nan=False,
+            validate=validate.Range(min=0, min_inclusive=False, max=MAX_COST_LIMIT, max_inclusive=False),
+        ),
+        "Optional number, > 0 and < 10,000,000,000: refuse (422) if the estimated cost is higher.",
         50,
         columns=("max_cost",),
         # Shown in the `cost` report.

@@ -248,7 +248,9 @@ def complete_finished(
     rows = session.execute(
         text(
             "UPDATE broadcasts AS b SET status = CASE WHEN b.status = :canceled THEN b.status ELSE :completed END, "
-            "completed_at = now() "
+            "completed_at = now(), "
+            # The completion callback, if one was asked for, is due at once (shared.receipts.completion).
+            "callback_due_at = CASE WHEN b.callback_url IS NULL THEN NULL ELSE now() END "
             "WHERE b.id IN (SELECT id FROM broadcasts WHERE completed_at IS NULL ORDER BY created_at LIMIT :limit "
             # A broadcast row being recorded is skipped this time, never waited for.
             "               FOR UPDATE SKIP LOCKED) "
@@ -319,15 +321,45 @@ def record_receipt_times(session: Session, latest_by_broadcast: Mapping[uuid.UUI
         )
 
 
-def record_callback_attempt(session: Session, broadcast_id: uuid.UUID, attempt: int) -> None:
+def start_callback_attempt(session: Session, broadcast_id: uuid.UUID, attempt: int, lease_seconds: float) -> None:
+    """Count the attempt and push its due time past its lease: a worker killed mid-POST leaves it due again then."""
     session.execute(
-        text("UPDATE broadcasts SET callback_attempts = :attempt WHERE id = :id"),
-        {"attempt": attempt, "id": broadcast_id},
+        text(
+            "UPDATE broadcasts SET callback_attempts = :attempt, "
+            "callback_due_at = now() + make_interval(secs => :lease) WHERE id = :id"
+        ),
+        {"attempt": attempt, "lease": float(lease_seconds), "id": broadcast_id},
+    )
+
+
+def schedule_callback(session: Session, broadcast_id: uuid.UUID, delay_seconds: float | None) -> None:
+    """The next POST is due after `delay_seconds`; None: no more POSTs (given up)."""
+    session.execute(
+        text(
+            "UPDATE broadcasts SET callback_due_at = CASE WHEN CAST(:delay AS float8) IS NULL THEN NULL "
+            "ELSE now() + make_interval(secs => CAST(:delay AS float8)) END WHERE id = :id"
+        ),
+        {"delay": delay_seconds, "id": broadcast_id},
     )
 
 
 def mark_callback_sent(session: Session, broadcast_id: uuid.UUID) -> None:
-    session.execute(text("UPDATE broadcasts SET callback_sent_at = now() WHERE id = :id"), {"id": broadcast_id})
+    session.execute(
+        text("UPDATE broadcasts SET callback_sent_at = now(), callback_due_at = NULL WHERE id = :id"),
+        {"id": broadcast_id},
+    )
+
+
+def due_callbacks(session: Session, limit: int = 100) -> list[uuid.UUID]:
+    """Completed broadcasts whose completion callback is due (index ix_broadcasts_callback_due), earliest first."""
+    rows = session.execute(
+        text(
+            "SELECT id FROM broadcasts WHERE callback_due_at <= now() AND callback_sent_at IS NULL "
+            "ORDER BY callback_due_at LIMIT :limit"
+        ),
+        {"limit": limit},
+    ).scalars()
+    return list(rows)
 
 
 # ------------------------------------------------------------------------------------------- data protection

@@ -160,6 +160,10 @@ def record_send_outcomes(session: Session, records: Sequence[SendRecord]) -> int
             "sent_at = CASE WHEN v.state = :accepted THEN now() ELSE m.sent_at END, "
             "final_at = CASE WHEN v.state = :failed THEN now() ELSE m.final_at END, "
             "claimed_until = CASE WHEN v.state = :pending THEN NULL ELSE m.claimed_until END, "
+            # `attempts` counts requests that reached Twilio: a release (20429, no connection, paused) gives the
+            # claim's number back, so rate limits and pauses never use up delivery retries. Only this claim's
+            # owner releases, so no late writer can hold the number meanwhile.
+            "attempts = CASE WHEN v.state = :pending THEN m.attempts - 1 ELSE m.attempts END, "
             "updated_at = now() "
             "FROM unnest(CAST(:ids AS bigint[]), CAST(:attempts AS integer[]), CAST(:states AS text[]), "
             "CAST(:sids AS text[]), CAST(:twilio_statuses AS text[]), CAST(:error_codes AS integer[]), "

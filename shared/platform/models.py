@@ -132,6 +132,8 @@ class Broadcast(Base):
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     callback_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # When the next completion-callback POST is due (beat enqueues it); NULL: none to make.
+    callback_due_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     media_urls: Mapped[list[str] | None] = mapped_column(JSONB)
     validity_period: Mapped[int | None] = mapped_column(Integer)
     smart_encoded: Mapped[bool] = mapped_column(Boolean, default=False, server_default="false")
@@ -179,6 +181,7 @@ class Broadcast(Base):
             postgresql_where=text("client_reference IS NOT NULL"),
         ),
         Index("ix_broadcasts_unfinished", "created_at", postgresql_where=text("completed_at IS NULL")),
+        Index("ix_broadcasts_callback_due", "callback_due_at", postgresql_where=text("callback_due_at IS NOT NULL")),
         Index("ix_broadcasts_scheduled", "send_at", postgresql_where=text("status = 'scheduled'")),
         # Not unique: a key is honoured for 24 hours (an advisory lock serialises its requests), then may be reused.
         Index(

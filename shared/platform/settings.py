@@ -109,6 +109,11 @@ class Settings:
     sweeper_grace_seconds: int = _env(
         "SWEEPER_GRACE_SECONDS", "Pending recipients idle this long with an empty queue are re-enqueued", default=60
     )
+    sweeper_busy_grace_seconds: int = _env(
+        "SWEEPER_BUSY_GRACE_SECONDS",
+        "Pending recipients idle this long are re-enqueued even while sms.send has a backlog",
+        default=600,
+    )
     max_request_bytes: int = _env(
         "MAX_REQUEST_BYTES",
         "Largest accepted request body (default fits 1,000,000 recipients)",
@@ -151,6 +156,16 @@ class Settings:
     )
     webhook_read_timeout_seconds: float = _env(
         "WEBHOOK_READ_TIMEOUT_SECONDS", "A webhook body not fully received after this long is cut off", default=3.0
+    )
+    allow_private_callback_urls: bool = _env(
+        "ALLOW_PRIVATE_CALLBACK_URLS",
+        "Let callback_url and media_urls reach loopback, private and link-local hosts (development only)",
+        default=False,
+    )
+    callback_deadline_seconds: float = _env(
+        "CALLBACK_DEADLINE_SECONDS",
+        "A completion callback POST (connect, send, response) is cut off after this long in all",
+        default=10.0,
     )
     metrics_token: str | None = _env(
         "METRICS_TOKEN",
@@ -318,6 +333,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         "status_batch_size",
         "webhook_max_body_bytes",
         "webhook_read_timeout_seconds",
+        "callback_deadline_seconds",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")

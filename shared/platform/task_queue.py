@@ -20,8 +20,11 @@ from shared.platform.settings import Settings
 SEND_QUEUE = "sms.send"
 MAINTENANCE_QUEUE = "sms.maintenance"
 STATUS_QUEUE = "sms.status"  # applying Twilio status callbacks (shared.receipts.events)
+# Completion callbacks POSTed to client URLs: a slow client holds a process of this queue's worker for up to
+# CALLBACK_DEADLINE_SECONDS, never one that sends.
+CALLBACK_QUEUE = "sms.callbacks"
 # What a worker consumes by default (`--queues`); large deployments give sms.status workers of their own.
-ALL_QUEUES = (SEND_QUEUE, MAINTENANCE_QUEUE, STATUS_QUEUE)
+ALL_QUEUES = (SEND_QUEUE, MAINTENANCE_QUEUE, STATUS_QUEUE, CALLBACK_QUEUE)
 
 SEND_CHUNK_TASK = "sms.send_chunk"
 SWEEP_TASK = "sms.sweep"
@@ -46,7 +49,7 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
     settings.require("redis_url")
     app = Celery(name, broker=settings.redis_url, set_as_current=False)
     app.conf.update(
-        task_queues=(Queue(SEND_QUEUE), Queue(MAINTENANCE_QUEUE), Queue(STATUS_QUEUE)),
+        task_queues=tuple(Queue(name) for name in ALL_QUEUES),
         task_default_queue=SEND_QUEUE,
         task_routes={
             SEND_CHUNK_TASK: {"queue": SEND_QUEUE},
@@ -54,7 +57,7 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
             APPLY_STATUS_EVENTS_TASK: {"queue": STATUS_QUEUE},
             RELEASE_DUE_RETRIES_TASK: {"queue": MAINTENANCE_QUEUE},
             COMPLETE_BROADCASTS_TASK: {"queue": MAINTENANCE_QUEUE},
-            NOTIFY_COMPLETION_TASK: {"queue": MAINTENANCE_QUEUE},
+            NOTIFY_COMPLETION_TASK: {"queue": CALLBACK_QUEUE},
             RELEASE_SCHEDULED_TASK: {"queue": MAINTENANCE_QUEUE},
             RELEASE_DEFERRED_TASK: {"queue": MAINTENANCE_QUEUE},
             COMPACT_MESSAGE_COUNTS_TASK: {"queue": MAINTENANCE_QUEUE},
@@ -143,17 +146,20 @@ def create_celery_app(settings: Settings, name: str = "bulksms") -> Celery:
 
 
 def enqueue_completion_callbacks(app: Celery, broadcast_ids: list[uuid.UUID]) -> None:
-    """Publish one `sms.notify_completion` per completed broadcast that asked for a callback."""
+    """Publish one `sms.notify_completion` per broadcast whose completion callback is due, on `sms.callbacks`."""
     for broadcast_id in broadcast_ids:
-        app.send_task(NOTIFY_COMPLETION_TASK, args=[str(broadcast_id)], queue=MAINTENANCE_QUEUE)
+        app.send_task(NOTIFY_COMPLETION_TASK, args=[str(broadcast_id)], queue=CALLBACK_QUEUE)
 
 
 # Chunk messages written to Redis per round trip.
 ENQUEUE_BATCH_SIZE = 1_000
 
 
-def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: list[int] | range) -> None:
-    """Publish one `sms.send_chunk` task per chunk, carrying ids only.
+def enqueue_chunks(
+    app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: list[int] | range, *, ahead: bool = False
+) -> None:
+    """Publish one `sms.send_chunk` task per chunk, carrying ids only; `ahead`: at the head of the queue (taken
+    next), for chunks whose task was lost and which have waited longest already.
 
     On Redis the messages are written with pipelined LPUSHes, 1,000 per round trip: a 1,000,000-recipient
     broadcast has 10,000 chunks, and `send_task` one by one costs ~0.4 ms each. Each message is a copy of one
@@ -167,7 +173,9 @@ def enqueue_chunks(app: Celery, broadcast_id: uuid.UUID | str, chunk_numbers: li
         client = connection.default_channel.client
         with client.pipeline(transaction=False) as pipeline:
             for position, chunk_number in enumerate(chunk_numbers, start=1):
-                pipeline.lpush(SEND_QUEUE, _chunk_message(template, str(broadcast_id), int(chunk_number)))
+                # kombu's Redis transport LPUSHes and workers BRPOP: the right end is the head of the queue.
+                push = pipeline.rpush if ahead else pipeline.lpush
+                push(SEND_QUEUE, _chunk_message(template, str(broadcast_id), int(chunk_number)))
                 if position % ENQUEUE_BATCH_SIZE == 0:
                     pipeline.execute()
             pipeline.execute()

@@ -4,14 +4,18 @@ Beat runs `complete_broadcasts` over the unfinished broadcasts (partial index ix
 `completed` when every message is final (delivered, undelivered, failed), or when nothing is left to send and no
 receipt came for COMPLETION_IDLE_SECONDS after it was submitted (the rest stay "sent, no receipt"). Each check is
 a few EXISTS probes of the (broadcast_id, state, ...) index. Completion happens once (guarded by
-`completed_at IS NULL`), and only then is `sms.notify_completion` enqueued, which POSTs the summary signed with
-the API key's signing secret (`X-Bulksms-Signature`, docs/api.md) and retries with backoff.
+`completed_at IS NULL`), and it makes the callback due (`broadcasts.callback_due_at`). Beat enqueues every due
+callback as `sms.notify_completion` on its own queue (`sms.callbacks`), which POSTs the summary signed with the API
+key's signing secret (`X-Bulksms-Signature`, docs/api.md) through shared.platform.outbound (checked, pinned
+address, one deadline). Each attempt first pushes the due time past its own lease, and a failure sets the next due
+time: retries wait in PostgreSQL, so a worker killed mid-POST or a lost task only delays the callback.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import http.client
 import json
 import logging
 import time
@@ -20,7 +24,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import requests
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -29,6 +32,7 @@ from shared.broadcasts.options import View, shown_columns, shown_values
 from shared.broadcasts.progress import AWAITING_RECEIPT_STATES, broadcast_progress
 from shared.platform.db import session_scope
 from shared.platform.models import BroadcastStatus, MessageState
+from shared.platform.outbound import UnsafeDestinationError, post_with_deadline
 
 logger = logging.getLogger(__name__)
 
@@ -38,9 +42,7 @@ COMPLETION_BATCH_SIZE = 1_000
 
 SIGNATURE_HEADER = "X-Bulksms-Signature"
 SIGNATURE_TOLERANCE_SECONDS = 300
-CALLBACK_TIMEOUT_SECONDS = 10.0
 # Waits before the 2nd, 3rd, ... POST of a completion callback; after the last one the callback is given up.
-# All are far shorter than the broker's visibility timeout (shared.platform.task_queue).
 CALLBACK_RETRY_DELAYS_SECONDS = (10, 30, 60, 300, 900, 1800)
 CALLBACK_MAX_ATTEMPTS = len(CALLBACK_RETRY_DELAYS_SECONDS) + 1
 
@@ -69,23 +71,10 @@ def complete_broadcasts(
     return [CompletedBroadcast(broadcast_id, callback_url) for broadcast_id, callback_url in completed]
 
 
-# A completed broadcast whose callback was never tried this long after completion lost its task (Redis failed
-# between the commit and the publish): it is enqueued again.
-FORGOTTEN_CALLBACK_AFTER_SECONDS = 600
-FORGOTTEN_CALLBACK_WINDOW_SECONDS = 24 * 3600
-
-
-def forgotten_completion_callbacks(session: Session) -> list[uuid.UUID]:
-    """Completed broadcasts with a callback_url never attempted, 10 min to a day after completion."""
-    rows = session.execute(
-        text(
-            "SELECT id FROM broadcasts WHERE callback_url IS NOT NULL AND callback_sent_at IS NULL "
-            "AND callback_attempts = 0 AND completed_at < now() - make_interval(secs => :after) "
-            "AND completed_at > now() - make_interval(secs => :window) ORDER BY completed_at LIMIT 100"
-        ),
-        {"after": FORGOTTEN_CALLBACK_AFTER_SECONDS, "window": FORGOTTEN_CALLBACK_WINDOW_SECONDS},
-    ).scalars()
-    return list(rows)
+def due_completion_callbacks(session: Session) -> list[uuid.UUID]:
+    """Completed broadcasts whose callback POST is due: just completed, a retry whose wait ended, or an attempt
+    whose worker died (its lease ran out)."""
+    return broadcast_store.due_callbacks(session)
 
 
 SUMMARY_COLUMNS = (
@@ -187,42 +176,46 @@ def verify_callback_signature(
 
 @dataclass(frozen=True, slots=True)
 class CallbackAttempt:
-    outcome: str  # "sent", "failed" (try again), "given_up", "nothing_to_do"
+    outcome: str  # "sent", "failed" (due again later), "given_up", "nothing_to_do"
     attempt: int = 0
     detail: str = ""
-
-    @property
-    def should_retry(self) -> bool:
-        return self.outcome == "failed"
 
 
 def deliver_completion_callback(
     session_factory: sessionmaker[Session],
     broadcast_id: uuid.UUID,
     *,
+    deadline_seconds: float,
+    allow_private: bool,
     max_attempts: int = CALLBACK_MAX_ATTEMPTS,
-    timeout_seconds: float = CALLBACK_TIMEOUT_SECONDS,
-    http: requests.Session | None = None,
 ) -> CallbackAttempt:
-    """POST the signed summary to the broadcast's callback_url once; record the attempt and, on a 2xx, success."""
+    """POST the signed summary to the broadcast's callback_url once, if it is due; record the attempt, then
+    success or when to try again."""
     with session_scope(session_factory) as session:
         row = session.execute(
             text(
-                "SELECT b.callback_url, b.callback_sent_at, b.completed_at, b.callback_attempts, k.signing_secret "
-                "FROM broadcasts b JOIN api_keys k ON k.id = b.api_key_id WHERE b.id = :id FOR UPDATE OF b"
+                "SELECT b.callback_url, b.callback_attempts, k.signing_secret, "
+                "b.callback_due_at <= now() AS due FROM broadcasts b JOIN api_keys k ON k.id = b.api_key_id "
+                "WHERE b.id = :id AND b.completed_at IS NOT NULL AND b.callback_sent_at IS NULL "
+                "AND b.callback_url IS NOT NULL FOR UPDATE OF b"
             ),
             {"id": broadcast_id},
         ).one_or_none()
-        if row is None or row.callback_url is None or row.completed_at is None or row.callback_sent_at is not None:
+        # Not due: delivered, given up, or another task (a duplicate enqueue) holds this attempt.
+        if row is None or not row.due:
             return CallbackAttempt("nothing_to_do")
         if row.callback_attempts >= max_attempts:
+            broadcast_store.schedule_callback(session, broadcast_id, None)
             return CallbackAttempt("given_up", row.callback_attempts, "no attempts left")
         if not row.signing_secret:
             # The API refuses a callback_url for such keys; a key edited by hand afterwards ends here.
             logger.error("broadcast %s: its API key has no signing secret; completion callback dropped", broadcast_id)
+            broadcast_store.schedule_callback(session, broadcast_id, None)
             return CallbackAttempt("given_up", row.callback_attempts, "API key without signing secret")
         attempt = row.callback_attempts + 1
-        broadcast_store.record_callback_attempt(session, broadcast_id, attempt)
+        broadcast_store.start_callback_attempt(
+            session, broadcast_id, attempt, lease_seconds=deadline_seconds + callback_retry_delay(attempt)
+        )
         summary = completion_summary(session, broadcast_id)
     assert summary is not None
     body = json.dumps(summary, separators=(",", ":")).encode("utf-8")
@@ -231,17 +224,24 @@ def deliver_completion_callback(
         "User-Agent": "bulksms-completion-callback",
         SIGNATURE_HEADER: sign_callback(row.signing_secret, body, int(time.time())),
     }
-    poster = http or requests
     try:
-        response = poster.post(
-            row.callback_url, data=body, headers=headers, timeout=timeout_seconds, allow_redirects=False
+        response = post_with_deadline(
+            row.callback_url, body, headers, deadline_seconds=deadline_seconds, allow_private=allow_private
         )
-        ok, detail = 200 <= response.status_code < 300, f"HTTP {response.status_code}"
-    except requests.RequestException as error:
+        ok, detail = 200 <= response.status < 300, f"HTTP {response.status}"
+    except UnsafeDestinationError as error:
+        ok, detail = False, str(error)
+    except TimeoutError:
+        ok, detail = False, f"no response within {deadline_seconds:g}s"
+    except (OSError, http.client.HTTPException) as error:
         ok, detail = False, type(error).__name__
-    if ok:
-        with session_scope(session_factory) as session:
+    with session_scope(session_factory) as session:
+        if ok:
             broadcast_store.mark_callback_sent(session, broadcast_id)
+        else:
+            next_delay = None if attempt >= max_attempts else callback_retry_delay(attempt)
+            broadcast_store.schedule_callback(session, broadcast_id, next_delay)
+    if ok:
         logger.info("broadcast %s: completion callback delivered (attempt %d)", broadcast_id, attempt)
         return CallbackAttempt("sent", attempt, detail)
     if attempt >= max_attempts:

@@ -183,6 +183,8 @@ class MessageRow:
     twilio_sid: str | None
     twilio_status: str | None
     error_code: int | None
+    # A completed broadcast sends nothing more (its summary went out): a late callback's verdict is final.
+    broadcast_completed: bool = False
 
 
 def decide_message_update(
@@ -203,7 +205,7 @@ def decide_message_update(
     error_message = None
     if state in (MessageState.UNDELIVERED, MessageState.FAILED):
         error_message = f"Twilio reported {report.status}" + (f" (error {error_code})" if error_code else "")
-        if error_code in policy.retry_codes and row.attempts < policy.max_attempts:
+        if error_code in policy.retry_codes and row.attempts < policy.max_attempts and not row.broadcast_completed:
             state = MessageState.RETRY_SCHEDULED
             retry_due_at = now + timedelta(seconds=retry_delay_seconds(row.attempts, policy.base_seconds, jitter()))
         else:
@@ -647,8 +649,10 @@ def _load_messages(session: Session, message_ids: Sequence[int], *, lock: bool) 
         return {}
     rows = session.execute(
         text(
-            "SELECT id, broadcast_id, to_number, state, attempts, twilio_sid, twilio_status, error_code "
-            "FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id" + (" FOR UPDATE" if lock else "")
+            "SELECT m.id, m.broadcast_id, m.to_number, m.state, m.attempts, m.twilio_sid, m.twilio_status, "
+            "m.error_code, b.completed_at IS NOT NULL AS broadcast_completed "
+            "FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id WHERE m.id = ANY(CAST(:ids AS bigint[])) "
+            "ORDER BY m.id" + (" FOR UPDATE OF m" if lock else "")
         ),
         {"ids": list(set(message_ids))},
     )

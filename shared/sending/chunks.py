@@ -34,7 +34,7 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.broadcasts.control import HaltCallable, HaltCheck
+from shared.broadcasts.control import HaltCallable, HaltCheck, halted_in_database
 from shared.broadcasts.outgoing import DeadlinePassed, OutgoingContent, load_outgoing_content
 from shared.platform.db import create_database_engine, create_session_factory, session_scope
 from shared.platform.metrics import (
@@ -357,7 +357,11 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
                 public_base_url=settings.public_base_url,
                 retry_policy=resources.retry_policy,
                 deadline=send_deadline(claimed_at, settings),
-                halted=HaltCheck(resources.redis, broadcast_id),
+                halted=HaltCheck(
+                    resources.redis,
+                    broadcast_id,
+                    halted_in_database=lambda: halted_in_database(resources.session_factory, broadcast_id),
+                ),
                 metrics=metrics,
             )
 

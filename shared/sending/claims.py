@@ -33,13 +33,17 @@ def prepare_chunk_claim(
     session: Session, broadcast_id: uuid.UUID, chunk_number: int, now: datetime | None = None
 ) -> bool:
     """Before a chunk's claim: False when the broadcast may not send now (scheduled, paused, canceled, done);
-    otherwise skip rows whose number opted out and defer rows inside quiet hours (set-based, per chunk)."""
+    otherwise skip rows whose number opted out and defer rows inside quiet hours (set-based, per chunk).
+
+    The broadcast row is locked first (the lock order of docs/architecture.md): skipping and deferring lock
+    message rows, and a cancel, which locks the broadcast then its messages, must not hold them the other way.
+    """
     row = session.execute(
         text(
             # Less than a second left: no request could carry a ValidityPeriod that ends in time.
             "SELECT status, quiet_hours_start, quiet_hours_end, "
             "deadline < now() + interval '1 second' AS past_deadline "
-            "FROM broadcasts WHERE id = :id"
+            "FROM broadcasts WHERE id = :id FOR NO KEY UPDATE"
         ),
         {"id": broadcast_id},
     ).one_or_none()
@@ -74,10 +78,13 @@ def claim_pending_messages(
     """
     if not prepare_chunk_claim(session, broadcast_id, chunk_number, now):
         return []
-    # The broadcast row first (queued -> sending the first time): the lock order of recording, broadcast then
-    # messages.
-    broadcast_store.start_sending(session, broadcast_id)
-    return message_store.claim(session, broadcast_id, chunk_number, lease_seconds)
+    broadcast_store.start_sending(session, broadcast_id)  # queued -> sending the first time (row already locked)
+    claimed = message_store.claim(session, broadcast_id, chunk_number, lease_seconds)
+    if not claimed:
+        # Nothing to send here (opted out since intake, or sent already): if this was the last chunk, nobody
+        # records an outcome, so the broadcast is marked submitted here (the row is locked).
+        broadcast_store.submit_if_finished(session, broadcast_id)
+    return claimed
 
 
 def send_record(message: ClaimedMessage, outcome: SendOutcome) -> SendRecord:

@@ -4,8 +4,11 @@
    that still have pending rows and fill their window (shared.sending.windows).
 2. Broadcasts past their deadline: their unsent messages become `expired`.
 3. Windows: every broadcast holding chunks back gets its window filled again (a top-up lost with its worker).
-4. Released chunks with recipients still `pending`, idle past the grace period while the send queue is empty (a
-   worker died holding the task, or Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip).
+4. Released chunks with recipients still `pending`, idle past the grace period (a worker died holding the task, or
+   Redis lost the queue): enqueue them again (a duplicate is harmless: claims skip). While `sms.send` has a
+   backlog, a pending chunk may just be waiting its turn, so the longer SWEEPER_BUSY_GRACE_SECONDS applies, each
+   chunk is re-enqueued at most once per that period, at the head of the queue; steady traffic never keeps a lost
+   chunk waiting for good.
 5. Reconciliation: claims whose lease expired (a worker died mid-send) and `unknown` sends. Twilio's whole list
    of messages to that number (queued ones included) decides, by the identity rule of
    shared.sending.reconciliation: found -> `accepted` with its SID; not found -> `pending`, sent again.
@@ -153,7 +156,9 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
             "AND m.updated_at < now() - make_interval(secs => :idle) "
             # Rows deferred by quiet hours wait for their not_before (sms.release_deferred enqueues them).
             "AND (m.not_before IS NULL OR m.not_before <= now()) "
-            "GROUP BY m.broadcast_id, m.chunk_number ORDER BY m.broadcast_id, m.chunk_number LIMIT :limit"
+            # Longest idle first: behind a backlog they are put at its head in this order.
+            "GROUP BY m.broadcast_id, m.chunk_number ORDER BY max(m.updated_at), m.broadcast_id, m.chunk_number "
+            "LIMIT :limit"
         ),
         {
             "pending": MessageState.PENDING,
@@ -168,12 +173,29 @@ def idle_pending_chunks(session: Session, idle_seconds: float, limit: int = 20_0
     return [(row.broadcast_id, row.chunk_number) for row in rows]
 
 
-def requeue_chunks(app: Celery, chunks: list[tuple[uuid.UUID, int]]) -> None:
+def requeue_chunks(app: Celery, chunks: list[tuple[uuid.UUID, int]], *, ahead: bool = False) -> None:
+    """Enqueue the chunks again; `ahead`: at the head of the queue, the first of `chunks` to be taken first."""
+    if ahead:
+        # Each push goes in front of the previous one: push the last first, so the first ends up at the head.
+        for broadcast_id, run in _runs_by_broadcast(list(reversed(chunks))):
+            enqueue_chunks(app, broadcast_id, run, ahead=True)
+        return
     by_broadcast: dict[uuid.UUID, list[int]] = defaultdict(list)
     for broadcast_id, chunk_number in chunks:
         by_broadcast[broadcast_id].append(chunk_number)
     for broadcast_id, chunk_numbers in by_broadcast.items():
-        enqueue_chunks(app, broadcast_id, sorted(set(chunk_numbers)))
+        enqueue_chunks(app, broadcast_id, sorted(set(chunk_numbers)), ahead=ahead)
+
+
+def _runs_by_broadcast(chunks: list[tuple[uuid.UUID, int]]) -> list[tuple[uuid.UUID, list[int]]]:
+    """Consecutive chunks of one broadcast grouped, the order kept."""
+    runs: list[tuple[uuid.UUID, list[int]]] = []
+    for broadcast_id, chunk_number in chunks:
+        if runs and runs[-1][0] == broadcast_id:
+            runs[-1][1].append(chunk_number)
+        else:
+            runs.append((broadcast_id, [chunk_number]))
+    return runs
 
 
 def messages_to_reconcile(session: Session, grace_seconds: float, limit: int) -> list[_Suspect]:
@@ -325,6 +347,21 @@ def reconcile_expired_claims(resources: SendingResources, app: Celery, report: S
     )
 
 
+REQUEUED_KEY_PREFIX = "bulksms:requeued-chunk:"
+
+
+async def _not_requeued_recently(
+    resources: SendingResources, chunks: list[tuple[uuid.UUID, int]], period_seconds: float
+) -> list[tuple[uuid.UUID, int]]:
+    """The chunks not re-enqueued within `period_seconds` (marking them now): behind a backlog, an idle chunk that
+    was re-enqueued is waiting in the queue again, and enqueueing it at every sweep would only grow the backlog."""
+    async with resources.redis.pipeline(transaction=False) as pipeline:
+        for broadcast_id, chunk_number in chunks:
+            pipeline.set(f"{REQUEUED_KEY_PREFIX}{broadcast_id}:{chunk_number}", "1", nx=True, ex=int(period_seconds))
+        marked = await pipeline.execute()
+    return [chunk for chunk, newly in zip(chunks, marked, strict=True) if newly]
+
+
 async def _queue_length(resources: SendingResources) -> int:
     return int(await resources.redis.llen(SEND_QUEUE))
 
@@ -358,13 +395,21 @@ def sweep(resources: SendingResources, app: Celery) -> SweepReport:
             report.chunks_released = top_up_windows(session, app, settings.send_window_chunks)
 
         queued = resources.run(_queue_length(resources))
-        if queued == 0:
-            with session_scope(resources.session_factory) as session:
-                chunks = idle_pending_chunks(session, settings.sweeper_grace_seconds)
-            if chunks:
-                requeue_chunks(app, chunks)
-                report.chunks_requeued = len(chunks)
-                logger.warning("re-enqueued %d idle chunks with pending recipients", len(chunks))
+        grace = settings.sweeper_grace_seconds if queued == 0 else settings.sweeper_busy_grace_seconds
+        with session_scope(resources.session_factory) as session:
+            chunks = idle_pending_chunks(session, grace)
+        if chunks and queued:
+            chunks = resources.run(_not_requeued_recently(resources, chunks, settings.sweeper_busy_grace_seconds))
+        if chunks:
+            # Behind a backlog they go to its head: they have waited longest, and at its tail they would wait again.
+            requeue_chunks(app, chunks, ahead=queued > 0)
+            report.chunks_requeued = len(chunks)
+            logger.warning(
+                "re-enqueued %d idle chunks with pending recipients (%d tasks waiting in %s)",
+                len(chunks),
+                queued,
+                SEND_QUEUE,
+            )
 
         reconcile_expired_claims(resources, app, report)
     finally:

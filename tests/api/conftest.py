@@ -22,7 +22,10 @@ from shared.platform.settings import Settings, load_settings
 # Twilio simulator) with the same test database and Redis, and nothing else.
 @pytest.fixture(scope="session")
 def api_settings(database_url: str, redis_url: str) -> Settings:
-    return load_settings({"DATABASE_URL": database_url, "REDIS_URL": redis_url}, dotenv_path=None)
+    # Like the suite's base settings, callback URLs may be local receivers; tests of the refusal turn it off.
+    return load_settings(
+        {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "ALLOW_PRIVATE_CALLBACK_URLS": "true"}, dotenv_path=None
+    )
 
 
 @pytest.fixture

@@ -1,11 +1,13 @@
 """The fault campaign of docs/reliability.md, on real processes: PostgreSQL restarted mid-send and mid-intake, Redis
 restarted mid-intake, Twilio answering 500 to one request in five and timing out on one in twenty for a whole
-broadcast. Each time: nothing lost, nothing sent twice (counted at the simulator), the broadcast completes, and
-the maintained counts equal counting the rows. (Redis restarted mid-send: tests/e2e/test_broadcast_delivery.py.)
+broadcast, a worker SIGKILLed while a completion callback trickles. Each time: nothing lost, nothing sent twice
+(counted at the simulator), the broadcast completes, and the maintained counts equal counting the rows. (Redis
+restarted mid-send: tests/e2e/test_broadcast_delivery.py.)
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -25,6 +27,8 @@ from shared.messages import counts
 from shared.platform.api_keys import create_api_key
 from shared.platform.db import create_database_engine, create_session_factory
 from shared.platform.settings import Settings
+from shared.platform.task_queue import CALLBACK_QUEUE, MAINTENANCE_QUEUE, SEND_QUEUE, STATUS_QUEUE
+from tests.callback_receiver import TricklingFirstPostReceiver
 from tests.conftest import SimulatorControl, WorkerProcesses, wait_until
 from tests.e2e.test_broadcast_delivery import distinct_numbers
 from tests.worker.conftest import outage_settings  # noqa: F401 - a fixture: a database on a server we may restart
@@ -261,3 +265,55 @@ def test_twilio_answering_500_and_timing_out_for_a_whole_broadcast(
     assert summary["rejected_429"] > 0
     assert states(engine, broadcast_id) == {"accepted": total, "failed": len(invalid)}
     assert_whole_and_once(engine, simulator, broadcast_id, total)
+
+
+def test_a_worker_killed_while_a_completion_callback_trickles(
+    settings: Settings, engine: Engine, simulator: SimulatorControl, workers: WorkerProcesses
+) -> None:
+    # The first POST to the client's callback_url is answered one byte a second; its worker is SIGKILLed mid-POST.
+    settings = settings.replace(callback_deadline_seconds=20.0)
+    workers.settings = settings
+    receiver = TricklingFirstPostReceiver()
+    try:
+        client = create_app(settings).test_client()
+        key = new_key(engine)
+        workers.start_worker("sender", queues=f"{SEND_QUEUE},{MAINTENANCE_QUEUE},{STATUS_QUEUE}")
+        callback_worker = workers.start_worker("callbacks", concurrency=1, queues=CALLBACK_QUEUE)
+        workers.start_beat()
+        first = client.post(
+            "/v1/broadcasts",
+            json={"message": "fault campaign", "recipients": distinct_numbers(5), "callback_url": receiver.url},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+        assert first.status_code == 202, first.text
+        first_id = first.get_json()["id"]
+        assert receiver.trickling.wait(60), "the completion callback never started"
+
+        # Sending is unaffected while the callback trickles: a second broadcast is sent whole, at once.
+        started = time.monotonic()
+        second = post(client, key, distinct_numbers(200, prefix="+1556"))
+        assert second.status_code == 202, second.text
+        second_id = second.get_json()["id"]
+        wait_until(lambda: states(engine, second_id) == {"accepted": 200}, 30, message="second broadcast sent")
+        sent_in = time.monotonic() - started
+
+        callback_worker.kill()
+        workers.start_worker("callbacks-again", concurrency=1, queues=CALLBACK_QUEUE)
+        # The killed attempt's lease (deadline 20 s + backoff 10 s) runs out; beat enqueues the callback again.
+        wait_until(lambda: receiver.posts, 90, interval=0.5, message="the completion callback delivered")
+
+        [post_received] = receiver.posts
+        summary = json.loads(post_received.body)
+        assert summary["broadcast"]["id"] == first_id and summary["broadcast"]["status"] == "completed"
+        row = query(
+            engine, "SELECT callback_attempts, callback_sent_at, callback_due_at FROM broadcasts WHERE id = :id",
+            id=first_id,
+        )[0]  # fmt: skip
+        assert (row.callback_attempts, row.callback_sent_at is not None, row.callback_due_at) == (2, True, None)
+        time.sleep(3)  # beat keeps running: a delivered callback is never posted again
+        assert len(receiver.posts) == 1
+        assert sent_in < 20, f"the second broadcast took {sent_in:.1f}s to send"
+        assert simulator.summary()["duplicate_count"] == 0
+        assert states(engine, first_id) == {"accepted": 5}
+    finally:
+        receiver.close()

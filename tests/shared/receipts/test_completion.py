@@ -24,7 +24,7 @@ from shared.receipts.completion import (
     complete_broadcasts,
     completion_summary,
     deliver_completion_callback,
-    forgotten_completion_callbacks,
+    due_completion_callbacks,
     sign_callback,
     verify_callback_signature,
 )
@@ -32,6 +32,21 @@ from tests.callback_receiver import CompletionCallbackReceiver
 from tests.factories import broadcast_of, create_broadcast, messages_of, numbers
 
 IDLE_SECONDS = 3600
+
+
+def deliver(factory: Any, broadcast_id: uuid.UUID, max_attempts: int = 7) -> Any:
+    return deliver_completion_callback(
+        factory, broadcast_id, deadline_seconds=5.0, allow_private=True, max_attempts=max_attempts
+    )
+
+
+def make_due(session: Session, broadcast_id: uuid.UUID) -> None:
+    """Move the callback's due time to now, as the wait passing would (only if one is scheduled)."""
+    session.execute(
+        text("UPDATE broadcasts SET callback_due_at = now() WHERE id = :id AND callback_due_at IS NOT NULL"),
+        {"id": broadcast_id},
+    )
+    session.commit()
 
 
 @pytest.fixture
@@ -144,8 +159,10 @@ def test_the_completion_callback_is_posted_once_signed_with_the_keys_secret(
     broadcast_id, secret = _completed_with_callback(db_session, completion_receiver.url + "/hooks/bulksms")
     factory = create_session_factory(engine)
 
-    first = deliver_completion_callback(factory, broadcast_id)
-    second = deliver_completion_callback(factory, broadcast_id)  # a redelivered task
+    assert due_completion_callbacks(db_session) == [broadcast_id]
+    first = deliver(factory, broadcast_id)
+    make_due(db_session, broadcast_id)
+    second = deliver(factory, broadcast_id)  # a redelivered task
 
     assert (first.outcome, first.attempt, second.outcome) == ("sent", 1, "nothing_to_do")
     [post] = completion_receiver.posts
@@ -167,6 +184,7 @@ def test_the_completion_callback_is_posted_once_signed_with_the_keys_secret(
     assert summary["broadcast"]["client_reference"] is None  # none was given
     broadcast = broadcast_of(db_session, broadcast_id)
     assert broadcast.callback_sent_at is not None and broadcast.callback_attempts == 1
+    assert due_completion_callbacks(db_session) == []
 
 
 def test_the_completion_summary_carries_the_client_reference_given_at_intake(db_session: Session) -> None:
@@ -191,12 +209,18 @@ def test_a_failing_callback_url_is_tried_up_to_the_limit_then_given_up(
     completion_receiver.answer_status = 503
     factory = create_session_factory(engine)
 
-    outcomes = [deliver_completion_callback(factory, broadcast_id, max_attempts=3).outcome for _ in range(4)]
+    outcomes = []
+    for _ in range(4):
+        outcomes.append(deliver(factory, broadcast_id, max_attempts=3).outcome)
+        # A failed attempt is due again only after its backoff: a duplicate task finds nothing to do meanwhile.
+        assert deliver(factory, broadcast_id, max_attempts=3).outcome == "nothing_to_do"
+        make_due(db_session, broadcast_id)
 
-    assert outcomes == ["failed", "failed", "given_up", "given_up"]
+    assert outcomes == ["failed", "failed", "given_up", "nothing_to_do"]
     assert len(completion_receiver.posts) == 3
     broadcast = broadcast_of(db_session, broadcast_id)
     assert broadcast.callback_sent_at is None and broadcast.callback_attempts == 3
+    assert broadcast.callback_due_at is None  # given up: beat never enqueues it again
 
 
 def test_callback_retries_back_off() -> None:
@@ -237,21 +261,24 @@ def test_callback_url_rules(url: str, accepted: bool) -> None:
     assert (callback_url_problem(url) is None) is accepted
 
 
-def test_a_completion_callback_whose_task_was_lost_is_found_again(db_session: Session) -> None:
-    lost = create_broadcast(db_session, numbers(1))
-    recent = create_broadcast(db_session, numbers(1, prefix="+1556"))
-    tried = create_broadcast(db_session, numbers(1, prefix="+1557"))
-    for broadcast, completed_ago, attempts in ((lost, 3600, 0), (recent, 60, 0), (tried, 3600, 1)):
-        db_session.execute(
-            text(
-                "UPDATE broadcasts SET status = 'completed', completed_at = now() - make_interval(secs => :ago), "
-                "callback_url = 'https://example.com/done', callback_attempts = :attempts WHERE id = :id"
-            ),
-            {"ago": completed_ago, "attempts": attempts, "id": broadcast.id},
-        )
+def test_an_attempt_whose_worker_died_is_due_again_after_its_lease(
+    db_session: Session, engine: Any, completion_receiver: CompletionCallbackReceiver
+) -> None:
+    broadcast_id, _ = _completed_with_callback(db_session, completion_receiver.url + "/done")
+    # What a worker killed mid-POST leaves behind: the attempt counted, its lease (deadline + backoff) running.
+    db_session.execute(
+        text("UPDATE broadcasts SET callback_attempts = 1, callback_due_at = now() + interval '20 s' WHERE id = :id"),
+        {"id": broadcast_id},
+    )
     db_session.commit()
+    assert due_completion_callbacks(db_session) == []
 
-    assert forgotten_completion_callbacks(db_session) == [lost.id]
+    make_due(db_session, broadcast_id)  # the lease ran out
+    assert due_completion_callbacks(db_session) == [broadcast_id]
+    attempt = deliver(create_session_factory(engine), broadcast_id)
+
+    assert (attempt.outcome, attempt.attempt) == ("sent", 2)
+    assert len(completion_receiver.posts) == 1
 
 
 def test_the_completion_summary_says_whether_the_broadcast_was_a_test(db_session: Session) -> None:

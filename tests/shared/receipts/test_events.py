@@ -318,6 +318,25 @@ def test_retry_code_at_the_attempts_cap_is_final(db_session: Session, settings: 
     assert message.final_at is not None
 
 
+def test_a_late_30003_on_a_completed_broadcast_is_final_never_a_retry_left_pending(
+    db_session: Session, settings: Settings
+) -> None:
+    # Completed after COMPLETION_IDLE_SECONDS without a receipt, its summary sent: nothing would send a retry,
+    # which stayed `pending` for good.
+    (message,) = accepted_messages(db_session, 1)
+    assert message.twilio_sid
+    db_session.execute(
+        text("UPDATE broadcasts SET status = 'completed', completed_at = now() WHERE id = :id"),
+        {"id": message.broadcast_id},
+    )
+    db_session.commit()
+    report = apply(db_session, settings, queued(message.twilio_sid, "undelivered", error_code=30003))
+    message = reload(db_session, message)
+    assert report.retries_scheduled == 0
+    assert (message.state, message.error_code, message.retry_due_at) == ("undelivered", 30003, None)
+    assert message.final_at is not None
+
+
 def test_21610_opts_the_number_out(db_session: Session, settings: Settings) -> None:
     (message,) = accepted_messages(db_session, 1)
     assert message.twilio_sid
