@@ -155,6 +155,9 @@ def base_settings(database_url: str, redis_url: str, simulator_url: str) -> Sett
             "CONCURRENCY_LEASE_SECONDS": "10",
             "SWEEPER_INTERVAL_SECONDS": "1",
             "SWEEPER_GRACE_SECONDS": "3",
+            # Unpaced unless a test is about pacing: the simulator's default pool transmits at once, and these
+            # tests' callbacks go nowhere, so the adaptive default would only slow them down.
+            "TWILIO_SEGMENTS_PER_SECOND": "unlimited",
         },
         dotenv_path=None,
     )

@@ -44,12 +44,14 @@ from shared.platform.settings import Settings
 from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
 from shared.receipts.status_queue import (
     INBOUND_REPLY,
+    STATUS_CALLBACK,
     ConsumerSlot,
     QueuedCallback,
     StatusStreamConsumer,
     claim_periodic_pass,
     ensure_consumer_group,
 )
+from shared.sending.pacing import record_left_queue
 from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
 
 logger = logging.getLogger(__name__)
@@ -678,6 +680,22 @@ def read_batch(consumer: StatusStreamConsumer, size: int, seconds: float) -> lis
     return batch
 
 
+def _report_left_queue(redis_client: redis.Redis, settings: Settings, batch: Sequence[QueuedCallback]) -> None:
+    """Tell pacing which messages left Twilio's queue (it bounds what Twilio holds); best effort: a message
+    not reported here stops counting when its entry expires."""
+    if not settings.twilio_account_sid:
+        return
+    statuses = []
+    for callback in batch:
+        sid, status = callback.parameters.get("MessageSid"), callback.parameters.get("MessageStatus")
+        if callback.kind == STATUS_CALLBACK and isinstance(sid, str) and isinstance(status, str):
+            statuses.append((sid, status))
+    try:
+        record_left_queue(redis_client, settings.twilio_account_sid, statuses)
+    except redis.RedisError as error:
+        logger.warning("could not report %d callbacks to pacing (%s)", len(statuses), type(error).__name__)
+
+
 def drain_status_stream(
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
@@ -708,6 +726,7 @@ def drain_status_stream(
             with session_scope(session_factory) as session:
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
+            _report_left_queue(redis_client, settings, batch)
             record_applied_callbacks(redis_client, applied.stored_by_status.elements(), applied)
             report.batches += 1
             report.callbacks += len(batch)

@@ -47,6 +47,7 @@ from shared.platform.metrics import (
 from shared.platform.settings import Settings
 from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
+from shared.sending.pacing import Pacer, PacingPolicy
 from shared.twilio.gateway import (
     RATE_LIMITED_REASON,
     Accepted,
@@ -114,6 +115,7 @@ class SendingResources:
     redis: redis.asyncio.Redis
     gateway: TwilioGateway
     limiter: ConcurrencyLimiter
+    pacer: Pacer | None = None  # None: TWILIO_SEGMENTS_PER_SECOND=unlimited
     retry_policy: SendRetryPolicy = field(init=False)
 
     def __post_init__(self) -> None:
@@ -135,8 +137,11 @@ class SendingResources:
             settings.twilio_max_concurrency,
             settings.concurrency_lease_seconds,
         )
+        policy = PacingPolicy.from_settings(settings)
+        pacer = Pacer(redis_client, settings.twilio_account_sid, policy) if policy.enabled else None
+        logger.info("pacing: %s", policy.describe())
         engine = create_database_engine(settings, pool_size=2)
-        return cls(settings, engine, create_session_factory(engine), loop, redis_client, gateway, limiter)
+        return cls(settings, engine, create_session_factory(engine), loop, redis_client, gateway, limiter, pacer)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -208,12 +213,14 @@ async def send_messages(
     deadline: float,
     halted: HaltCallable | None = None,
     metrics: MetricsRecorder | None = None,
+    pacer: Pacer | None = None,
 ) -> list[tuple[ClaimedMessage, SendOutcome]]:
     """Send all messages concurrently, each holding a concurrency slot only while its request is in flight.
 
     `halted` (the broadcast was paused or canceled) is asked before each request: once true, the rest are
     released unsent (back to `pending`) without further retries. `metrics` gets every request's result and
-    latency (buffered in-process; the caller flushes it).
+    latency (buffered in-process; the caller flushes it). `pacer` (shared.sending.pacing) admits each
+    message's segments before its request and learns what Twilio accepted after it.
     """
 
     # The broadcast's options, once for the chunk (`body` alone: a plain message without options).
@@ -221,17 +228,35 @@ async def send_messages(
     options = content.send_options()
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
-        async with slots.slot(deadline) as token:
-            if token is None:
-                return Retryable("no concurrency slot before the claim's deadline")
-            if halted is not None and await halted():
-                return Retryable(HALTED_REASON)
-            text_body = content.body_for(message.variables)
-            started = time.perf_counter()
-            outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
-            if metrics is not None:
-                _count_request(metrics, outcome, time.perf_counter() - started)
-            return outcome
+        text_body = content.body_for(message.variables)
+        segments = content.segments_for(text_body) if pacer is not None else 0
+        reservation = None
+        if pacer is not None:
+            reservation = await pacer.reserve(segments, deadline, halted)
+            if reservation is None:
+                halted_now = halted is not None and await halted()
+                return Retryable(HALTED_REASON if halted_now else "no pacing room before the claim's deadline")
+        outcome: SendOutcome = Retryable(HALTED_REASON)
+        try:
+            async with slots.slot(deadline) as token:
+                if token is None:
+                    outcome = Retryable("no concurrency slot before the claim's deadline")
+                    return outcome
+                if halted is not None and await halted():
+                    return outcome
+                started = time.perf_counter()
+                outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
+                if metrics is not None:
+                    _count_request(metrics, outcome, time.perf_counter() - started)
+                return outcome
+        finally:
+            if pacer is not None and reservation is not None:
+                # Only a Retryable was surely not taken by Twilio: its segments go back. An Ambiguous send may be
+                # queued at Twilio, so it counts until its reservation expires.
+                if isinstance(outcome, Accepted):
+                    await pacer.settle(reservation, segments, outcome.sid)
+                elif isinstance(outcome, Retryable | Permanent):
+                    await pacer.settle(reservation, segments, None)
 
     async def send_one(message: ClaimedMessage) -> SendOutcome:
         # The slot is released before each backoff sleep (it is taken inside `attempt`).
@@ -323,6 +348,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
                 deadline=send_deadline(claimed_at, settings),
                 halted=HaltCheck(resources.redis, broadcast_id),
                 metrics=metrics,
+                pacer=resources.pacer,
             )
 
     results = resources.run(send_all())
