@@ -98,6 +98,7 @@ BROADCAST_EXAMPLE: dict[str, Any] = {
     "enqueued_at": None,
     "paused_at": None,
     "canceled_at": None,
+    "queued_at_twilio_when_stopped": None,
     **shown_examples(View.BROADCAST),
     "links": {
         "self": f"/v1/broadcasts/{BROADCAST_ID_EXAMPLE}",

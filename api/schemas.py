@@ -100,6 +100,7 @@ class BroadcastSchema(Schema):
     enqueued_at = fields.AwareDateTime()
     paused_at = fields.AwareDateTime()
     canceled_at = fields.AwareDateTime()
+    queued_at_twilio_when_stopped = fields.Integer()
 
 
 class BroadcastDetailSchema(BroadcastSchema):

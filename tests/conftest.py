@@ -276,7 +276,9 @@ class WorkerProcesses:
         environment.update(settings_to_environment(self.settings))
         return environment
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> ManagedProcess:
+    def start_worker(
+        self, name: str = "worker", concurrency: int = 2, queues: str = "sms.send,sms.maintenance,sms.status"
+    ) -> ManagedProcess:
         process = ManagedProcess(
             name,
             [
@@ -287,7 +289,7 @@ class WorkerProcesses:
                 "worker.app",
                 "worker",
                 "--queues",
-                "sms.send,sms.maintenance,sms.status",
+                queues,
                 "--concurrency",
                 str(concurrency),
                 "--hostname",

@@ -84,6 +84,38 @@ def cancel_broadcast(session: Session, redis_client: redis.Redis, broadcast_id: 
     return broadcast
 
 
+def hold_broadcasts(
+    session: Session,
+    redis_client: redis.Redis,
+    broadcast_ids: list[uuid.UUID] | None,
+    reason: str,
+    until: datetime | None,
+) -> list[uuid.UUID]:
+    """-> held (committed), and the halt flag so workers stop at once: a daily cap holds every broadcast that may
+    send (`broadcast_ids` None) until `until`; a circuit breaker holds one until an operator resumes it."""
+    held = broadcast_store.hold(session, broadcast_ids, reason, until)
+    session.commit()
+    for broadcast_id in held:
+        redis_client.set(halt_key(broadcast_id), BroadcastStatus.HELD.value, ex=HALT_FLAG_TTL_SECONDS)
+    if held:
+        logger.warning("held %d broadcasts: %s (until %s)", len(held), reason, until or "an operator resumes")
+    return held
+
+
+def release_due_holds(
+    session: Session, redis_client: redis.Redis, celery_app: Celery, now: datetime | None = None
+) -> list[uuid.UUID]:
+    """Beat: held broadcasts whose cap has reset send again (flag cleared, pending chunks enqueued)."""
+    released = broadcast_store.release_due_holds(session, now)
+    session.commit()
+    for broadcast_id in released:
+        redis_client.delete(halt_key(broadcast_id))
+        enqueue_pending_chunks(session, celery_app, broadcast_id)
+    if released:
+        logger.info("released %d held broadcasts: their daily cap has reset", len(released))
+    return released
+
+
 def reschedule_broadcast(
     session: Session, broadcast_id: uuid.UUID, send_at: datetime, now: datetime, min_lead_seconds: float
 ) -> Broadcast:

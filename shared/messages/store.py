@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from shared.platform.models import BroadcastStatus, MessageState
 from shared.receipts.delivery_status import advances
+from shared.twilio.error_codes import UNCOUNTED_RETRY_CODES
 
 S = MessageState
 
@@ -407,6 +408,9 @@ def release_due_retries(session: Session, limit: int = 1_000, now: datetime | No
             "ELSE :pending END, "
             "twilio_sid = NULL, twilio_status = NULL, error_code = NULL, "
             "error_message = NULL, retry_due_at = NULL, final_at = NULL, sent_at = NULL, claimed_until = NULL, "
+            # Twilio answered a rate or cap code: that attempt was never transmitted and does not count.
+            "uncounted_attempts = m.uncounted_attempts "
+            "+ CASE WHEN m.error_code = ANY(CAST(:uncounted AS integer[])) THEN 1 ELSE 0 END, "
             "updated_at = now() "
             "FROM broadcasts AS b "
             "WHERE b.id = m.broadcast_id AND m.id = ANY(CAST(:ids AS bigint[])) "
@@ -418,6 +422,7 @@ def release_due_retries(session: Session, limit: int = 1_000, now: datetime | No
             "pending": S.PENDING,
             "canceled": S.CANCELED,
             "canceled_broadcast": BroadcastStatus.CANCELED,
+            "uncounted": sorted(UNCOUNTED_RETRY_CODES),
             "sources": sources_of(MessageEvent.RELEASE_RETRY),
         },
     ).all()
@@ -529,6 +534,16 @@ def mark_deferred_chunks_due(
         },
     ).all()
     return [(row.broadcast_id, row.chunk_number) for row in rows]
+
+
+def count_queued_at_twilio(session: Session, broadcast_id: uuid.UUID) -> int:
+    """Messages Twilio holds or may hold queued: accepted with no `sent` (or later) callback yet, or in flight."""
+    return int(
+        session.execute(
+            text("SELECT count(*) FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:states AS text[]))"),
+            {"id": broadcast_id, "states": [MessageState.ACCEPTED.value, MessageState.SENDING.value]},
+        ).scalar_one()
+    )
 
 
 def cancel_unsent(session: Session, broadcast_id: uuid.UUID) -> int:

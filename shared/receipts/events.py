@@ -27,19 +27,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
+from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, halt_key
 from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
 from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
 from shared.messages.store import AttemptReceipt, ReceiptUpdate
 from shared.platform.db import session_scope
 from shared.platform.metrics import record_applied_callbacks
-from shared.platform.models import UNFINISHED_MESSAGE_STATES, MessageState
+from shared.platform.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
 from shared.platform.settings import Settings
 from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
 from shared.receipts.status_queue import (
@@ -51,8 +53,14 @@ from shared.receipts.status_queue import (
     claim_periodic_pass,
     ensure_consumer_group,
 )
-from shared.sending.pacing import record_left_queue
-from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
+from shared.sending.pacing import record_left_queue, record_slow_down
+from shared.twilio.error_codes import (
+    CALENDAR_DAY_CAP_CODES,
+    CALLBACK_OPT_OUT_CODES,
+    HOLD_ALL_CODES,
+    SLOW_DOWN_CODES,
+    UNCOUNTED_RETRY_CODES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -100,11 +108,16 @@ class DeliveryRetryPolicy:
     retry_codes: frozenset[int]
     max_attempts: int
     base_seconds: float
+    # 30001: a new attempt once Twilio's queue has drained (TWILIO_QUEUE_MAX_SECONDS).
+    drained_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryRetryPolicy:
         return cls(
-            settings.delivery_retry_codes, settings.delivery_retry_max_attempts, settings.delivery_retry_base_seconds
+            settings.delivery_retry_codes,
+            settings.delivery_retry_max_attempts,
+            settings.delivery_retry_base_seconds,
+            settings.twilio_queue_max_seconds,
         )
 
 
@@ -184,6 +197,36 @@ class MessageRow:
     twilio_sid: str | None
     twilio_status: str | None
     error_code: int | None
+    uncounted_attempts: int = 0  # rate and cap answers: not delivery attempts
+
+
+# A message Twilio answered 30022 / 63017 (too fast) gets its new attempt after this long, at the lowered pace.
+SLOW_DOWN_RETRY_SECONDS = 30.0
+PACIFIC = ZoneInfo("America/Los_Angeles")
+ROLLING_DAY = timedelta(hours=24)
+
+
+def cap_resets_at(code: int, received_at: datetime) -> datetime:
+    """When a daily cap answered with `code` lets messages through again: 30023 / 30027 at the next midnight
+    Pacific time; 63038 (a rolling 24 hours, whose oldest message we do not know) a day after the answer."""
+    if code in CALENDAR_DAY_CAP_CODES:
+        local = received_at.astimezone(PACIFIC)
+        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), PACIFIC)
+        return midnight.astimezone(UTC)
+    return received_at + ROLLING_DAY
+
+
+def uncounted_retry_due(
+    code: int | None, received_at: datetime, now: datetime, policy: DeliveryRetryPolicy
+) -> datetime | None:
+    """When a message answered with a rate or cap code is sent again (None: not such a code)."""
+    if code is None or code not in UNCOUNTED_RETRY_CODES:
+        return None
+    if code in HOLD_ALL_CODES:
+        return cap_resets_at(code, received_at)
+    if code in SLOW_DOWN_CODES:
+        return now + timedelta(seconds=SLOW_DOWN_RETRY_SECONDS)
+    return now + timedelta(seconds=policy.drained_seconds)
 
 
 def decide_message_update(
@@ -204,7 +247,12 @@ def decide_message_update(
     error_message = None
     if state in (MessageState.UNDELIVERED, MessageState.FAILED):
         error_message = f"Twilio reported {report.status}" + (f" (error {error_code})" if error_code else "")
-        if error_code in policy.retry_codes and row.attempts < policy.max_attempts:
+        uncounted_due = uncounted_retry_due(error_code, received_at, now, policy)
+        if uncounted_due is not None:
+            # Never transmitted: sent again whatever the attempts so far (this one will not count either).
+            state = MessageState.RETRY_SCHEDULED
+            retry_due_at = uncounted_due
+        elif error_code in policy.retry_codes and row.attempts - row.uncounted_attempts < policy.max_attempts:
             state = MessageState.RETRY_SCHEDULED
             retry_due_at = now + timedelta(seconds=retry_delay_seconds(row.attempts, policy.base_seconds, jitter()))
         else:
@@ -246,6 +294,8 @@ class ApplyReport:
     opted_in: int = 0  # numbers a START reply took off the list
     stored_by_status: Counter[str] = field(default_factory=Counter)  # the stored status callbacks, by status
     abandoned: int = 0  # unmatched for UNAPPLIED_RETRY_WINDOW: no longer retried
+    slow_down_answers: int = 0  # 30022 / 63017: pacing slows down
+    held: list[uuid.UUID] = field(default_factory=list)  # broadcasts a daily cap held (their halt flags are due)
 
     def add(self, other: ApplyReport) -> None:
         for name in self.__dataclass_fields__:
@@ -561,6 +611,13 @@ def apply_stored_events(
             if row.state in _UNFINISHED:
                 left_unfinished.add(row.broadcast_id)
     report.messages_updated = message_store.apply_receipts(session, updates)
+    report.slow_down_answers = sum(1 for update in updates if update.error_code in SLOW_DOWN_CODES)
+    caps = [update for update in updates if update.error_code in HOLD_ALL_CODES and update.retry_due_at is not None]
+    if caps:
+        # A daily cap is the brand's or the account's: every broadcast that may send waits for the reset.
+        latest = max(caps, key=lambda update: update.retry_due_at or now)
+        reason = f"Twilio error {latest.error_code}: daily message cap reached ({len(caps)} answers)"
+        report.held = broadcast_store.hold(session, None, reason, latest.retry_due_at)
 
     for (message_id, attempt_number), attempt_events in old.items():
         applied.extend(attempt_events)
@@ -604,14 +661,18 @@ def _target_message_id(
     return event.message_id
 
 
+_LOAD_MESSAGES = (
+    "SELECT id, broadcast_id, to_number, state, attempts, twilio_sid, twilio_status, error_code, "
+    "uncounted_attempts FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id"
+)
+_LOAD_MESSAGES_LOCKED = _LOAD_MESSAGES + " FOR UPDATE"
+
+
 def _load_messages(session: Session, message_ids: Sequence[int], *, lock: bool) -> dict[int, MessageRow]:
     if not message_ids:
         return {}
     rows = session.execute(
-        text(
-            "SELECT id, broadcast_id, to_number, state, attempts, twilio_sid, twilio_status, error_code "
-            "FROM messages WHERE id = ANY(CAST(:ids AS bigint[])) ORDER BY id" + (" FOR UPDATE" if lock else "")
-        ),
+        text(_LOAD_MESSAGES_LOCKED if lock else _LOAD_MESSAGES),
         {"ids": list(set(message_ids))},
     )
     return {row.id: MessageRow(*row) for row in rows}
@@ -696,6 +757,18 @@ def _report_left_queue(redis_client: redis.Redis, settings: Settings, batch: Seq
         logger.warning("could not report %d callbacks to pacing (%s)", len(statuses), type(error).__name__)
 
 
+def _signal_pacing_and_holds(redis_client: redis.Redis, settings: Settings, applied: ApplyReport) -> None:
+    """After the commit: workers stop at once for broadcasts a daily cap held; a rate answer slows pacing down."""
+    try:
+        for broadcast_id in applied.held:
+            redis_client.set(halt_key(broadcast_id), BroadcastStatus.HELD.value, ex=HALT_FLAG_TTL_SECONDS)
+        if applied.slow_down_answers and settings.twilio_account_sid:
+            record_slow_down(redis_client, settings.twilio_account_sid)
+    except redis.RedisError as error:
+        # The claim refuses held broadcasts anyway; only the chunks in flight go on a little longer.
+        logger.warning("could not signal holds or a slow-down to the senders (%s)", type(error).__name__)
+
+
 def drain_status_stream(
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
@@ -727,6 +800,7 @@ def drain_status_stream(
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
             _report_left_queue(redis_client, settings, batch)
+            _signal_pacing_and_holds(redis_client, settings, applied)
             record_applied_callbacks(redis_client, applied.stored_by_status.elements(), applied)
             report.batches += 1
             report.callbacks += len(batch)

@@ -4,7 +4,8 @@ Twilio accepts a request at once and transmits from a queue per sender at the se
 faster than that waits at Twilio (up to 10 hours), where pause and cancel no longer reach it. Two limits, shared by
 every worker on every host through one Redis hash per Twilio account (Lua scripts, so each decision is atomic):
 
-- a token bucket at `TWILIO_SEGMENTS_PER_SECOND` (one second of burst): a message costs its segments;
+- a token bucket at `TWILIO_SEGMENTS_PER_SECOND` (one second of burst; a long message may
+  borrow from the next second): a message costs its segments;
 - a bound on what Twilio holds: segments accepted but not yet reported `sent`/`failed` by a status callback stay
   under `TWILIO_QUEUE_MAX_SECONDS` x the drain rate observed over the last `DRAIN_WINDOW_SECONDS` (never below
   `START_SEGMENTS_PER_SECOND`, the conservative start: the bound grows as the callbacks show the pool draining).
@@ -40,7 +41,10 @@ logger = logging.getLogger(__name__)
 # Before any callback showed the pool draining, the queue bound is TWILIO_QUEUE_MAX_SECONDS of this rate; with no
 # TWILIO_SEGMENTS_PER_SECOND and no receipts, it is also the pace. A handful of long codes or one toll-free number.
 START_SEGMENTS_PER_SECOND = 10.0
-DRAIN_WINDOW_SECONDS = 10
+DRAIN_WINDOW_SECONDS = 20
+# The bound aims this far under TWILIO_QUEUE_MAX_SECONDS: the drain rate is measured from callbacks applied in
+# batches, so a window may count a batch that belongs to its neighbour (about a second's worth, 5 % of 20 s).
+QUEUE_TARGET_SHARE = 0.9
 # A SID still counts as queued at Twilio this many TWILIO_QUEUE_MAX_SECONDS after it was accepted, at least
 # MIN_QUEUED_EXPIRY_SECONDS, when no callback said it left.
 QUEUED_EXPIRY_FACTOR = 3.0
@@ -117,14 +121,22 @@ local expiry, reservation = tonumber(ARGV[6]), tonumber(ARGV[7])
 local now = now_ms()
 prune(state, queued, sizes, left, now)
 local tokens = 0
+-- Twilio answered 30022 / 63017 lately: the pace is lowered for a while (a configured rate, else the drain).
+local slow_until = tonumber(redis.call('HGET', state, 'slow_until') or 0)
+if slow_until > now then
+    local factor = tonumber(redis.call('HGET', state, 'slow_factor') or 1)
+    if rate <= 0 then rate = math.max(drain_rate(state, now), start_rate) end
+    rate = rate * factor
+end
 if rate > 0 then
-    local burst = math.max(rate, cost)
-    tokens = tonumber(redis.call('HGET', state, 'tokens') or burst)
+    -- A message may take the bucket into debt (down to 1 - cost): a 2-segment message then waits its turn
+    -- like a 1-segment one instead of starving behind it, and the debt delays whoever comes next.
+    tokens = tonumber(redis.call('HGET', state, 'tokens') or rate)
     local at = tonumber(redis.call('HGET', state, 'tokens_at') or now)
-    tokens = math.min(burst, tokens + (now - at) * rate / 1000)
+    tokens = math.min(rate, tokens + (now - at) * rate / 1000)
     redis.call('HSET', state, 'tokens', tokens, 'tokens_at', now)
-    if tokens < cost then
-        return {0, math.ceil((cost - tokens) * 1000 / rate), 'rate'}
+    if tokens < 1 then
+        return {0, math.ceil((1 - tokens) * 1000 / rate), 'rate'}
     end
 end
 if queue_seconds > 0 then
@@ -135,7 +147,7 @@ if queue_seconds > 0 then
     local receipts_missing = expired_at > 0 and drained_at < expired_at - expiry
     if not receipts_missing and in_queue > 0 then
         local drain = math.max(drain_rate(state, now), start_rate)
-        local bound = queue_seconds * drain
+        local bound = queue_seconds * drain * TARGET
         if in_queue + cost > bound then
             return {0, math.ceil((in_queue + cost - bound) * 1000 / drain), 'queue'}
         end
@@ -168,9 +180,8 @@ if redis.call('ZREM', queued, token) == 1 then
 end
 if sid == '' then
     if rate > 0 then
-        local burst = math.max(rate, cost)
-        local tokens = tonumber(redis.call('HGET', state, 'tokens') or burst)
-        redis.call('HSET', state, 'tokens', math.min(burst, tokens + cost))
+        local tokens = tonumber(redis.call('HGET', state, 'tokens') or rate)
+        redis.call('HSET', state, 'tokens', math.min(rate, tokens + cost))
     end
     return 0
 end
@@ -218,7 +229,7 @@ return removed
 
 
 def _keyed(script: str) -> str:
-    return script.replace("WINDOW", str(DRAIN_WINDOW_SECONDS))
+    return script.replace("WINDOW", str(DRAIN_WINDOW_SECONDS)).replace("TARGET", str(QUEUE_TARGET_SHARE))
 
 
 def pacing_keys(account_sid: str) -> list[str]:
@@ -335,6 +346,32 @@ class Pacer:
             )
         except RedisError as error:
             logger.warning("could not settle a pacing reservation (%s); it expires", type(error).__name__)
+
+
+# KEYS: state hash. ARGV: how long the lowered pace lasts (ms), the factor per answer batch, the lowest factor.
+_SLOW_DOWN_SCRIPT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local until_ms = tonumber(redis.call('HGET', KEYS[1], 'slow_until') or 0)
+local factor = 1
+if until_ms > now then factor = tonumber(redis.call('HGET', KEYS[1], 'slow_factor') or 1) end
+factor = math.max(factor * tonumber(ARGV[2]), tonumber(ARGV[3]))
+redis.call('HSET', KEYS[1], 'slow_until', now + tonumber(ARGV[1]), 'slow_factor', factor)
+return tostring(factor)
+"""
+SLOW_DOWN_SECONDS = 60.0
+SLOW_DOWN_FACTOR = 0.5
+SLOWEST_FACTOR = 0.1
+
+
+def record_slow_down(client: redis.Redis, account_sid: str) -> float:
+    """Twilio answered 30022 / 63017 (too fast): halve the pace for `SLOW_DOWN_SECONDS` (again on every new batch
+    of such answers, down to a tenth); it returns to the full pace by itself. Returns the factor now applied."""
+    script: Any = client.register_script(_SLOW_DOWN_SCRIPT)
+    factor = script(
+        keys=pacing_keys(account_sid)[:1], args=[int(SLOW_DOWN_SECONDS * 1000), SLOW_DOWN_FACTOR, SLOWEST_FACTOR]
+    )
+    return float(factor)
 
 
 def record_left_queue(client: redis.Redis, account_sid: str, statuses: Iterable[tuple[str, str]]) -> int:

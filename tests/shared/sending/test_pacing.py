@@ -15,6 +15,7 @@ import redis.asyncio
 
 from shared.platform.settings import Settings, SettingsError, load_settings, parse_segments_per_second
 from shared.sending.pacing import (
+    QUEUE_TARGET_SHARE,
     START_SEGMENTS_PER_SECOND,
     Pacer,
     PacingPolicy,
@@ -25,6 +26,7 @@ from shared.sending.pacing import (
 
 T = TypeVar("T")
 ACCOUNT = "AC" + "0f" * 16
+BOUND_AT_START = round(2 * 10 * QUEUE_TARGET_SHARE)  # TestQueueBound's policy before anything drained
 
 
 def run_with_pacer(redis_url: str, policy: PacingPolicy, body: Callable[[Pacer], Awaitable[T]]) -> T:
@@ -169,12 +171,12 @@ class TestQueueBound:
         self, redis_url: str, redis_client: redis.Redis
     ) -> None:
         sent = self.fill(redis_url, 100)
-        assert len(sent) == 20  # 2 s x 10 segments/s: the conservative start
-        assert read_pacing_state(redis_client, ACCOUNT).queued_segments == 20
+        assert len(sent) == BOUND_AT_START  # 90 % of 2 s x 10 segments/s: the conservative start
+        assert read_pacing_state(redis_client, ACCOUNT).queued_segments == BOUND_AT_START
 
         assert record_left_queue(redis_client, ACCOUNT, [(sid, "sent") for sid in sent[:15]]) == 15
         state = read_pacing_state(redis_client, ACCOUNT)
-        assert state.queued_segments == 5 and state.queued_messages == 5
+        assert state.queued_segments == BOUND_AT_START - 15 and state.queued_messages == BOUND_AT_START - 15
         # Delivered after sent, and a callback for a SID we never counted, change nothing.
         assert record_left_queue(redis_client, ACCOUNT, [(sent[0], "delivered"), ("SM" + "f" * 32, "sent")]) == 0
 
@@ -190,8 +192,8 @@ class TestQueueBound:
         drained_per_second = read_pacing_state(redis_client, ACCOUNT).drain_segments_per_second
         assert drained_per_second > 10  # faster than the start rate
         allowed = len(self.fill(redis_url, 10_000, offset=sent))
-        assert allowed == pytest.approx(2 * drained_per_second, abs=2)
-        assert allowed > 20
+        assert allowed == pytest.approx(2 * QUEUE_TARGET_SHARE * drained_per_second, abs=2)
+        assert allowed > BOUND_AT_START
 
     def test_a_callback_before_the_confirm_is_not_counted_as_queued(
         self, redis_url: str, redis_client: redis.Redis
@@ -220,6 +222,6 @@ class TestQueueBound:
             tokens = run_with_pacer(redis_url, self.policy(), body)
         finally:
             pacing.RESERVATION_SECONDS = original
-        assert tokens.count(None) == 5
+        assert tokens.count(None) == 25 - BOUND_AT_START
         time.sleep(0.6)
-        assert len(self.fill(redis_url, 100)) == 20  # the room is back
+        assert len(self.fill(redis_url, 100)) == BOUND_AT_START  # the room is back
