@@ -70,7 +70,7 @@ def sweep_task(self: BulksmsTask) -> None:
 @worker_task(RELEASE_DUE_RETRIES_TASK, on_infrastructure_error=SkipThisRun("due retries not released"))
 def release_due_retries_task(self: BulksmsTask) -> None:
     """Send the delivery retries that fell due: archive each attempt, reset to pending, enqueue the chunks."""
-    release_and_enqueue_due_retries(self.session_factory, celery_app)
+    release_and_enqueue_due_retries(self.session_factory, celery_app, now=settings.clock_now())
 
 
 @worker_task(COMPLETE_BROADCASTS_TASK, on_infrastructure_error=SkipThisRun("broadcast completion not checked"))
@@ -103,7 +103,7 @@ def release_scheduled_task(self: BulksmsTask) -> None:
     """Scheduled broadcasts whose send_at has come, and held ones whose daily cap has reset: their chunks enqueued."""
     with self.session() as session:
         released = release_scheduled_broadcasts(session, celery_app)
-        release_due_holds(session, status_redis_client(), celery_app)
+        release_due_holds(session, status_redis_client(), celery_app, now=settings.clock_now())
     if released:
         logger.info("released %d scheduled broadcasts", released)
 

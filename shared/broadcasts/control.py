@@ -28,6 +28,7 @@ from shared.compliance.quiet_hours import QuietHours, count_deferred
 from shared.messages import store as message_store
 from shared.platform.models import Broadcast, BroadcastStatus, MessageState
 from shared.platform.task_queue import enqueue_chunks
+from shared.sending.breaker import breaker_key
 
 __all__ = ["InvalidTransitionError"]
 
@@ -67,10 +68,11 @@ def pause_broadcast(session: Session, redis_client: redis.Redis, broadcast_id: u
 def resume_broadcast(
     session: Session, redis_client: redis.Redis, celery_app: Celery, broadcast_id: uuid.UUID
 ) -> Broadcast:
-    """paused -> sending (or queued if nothing was sent yet); every chunk with pending rows is enqueued again."""
+    """paused | held -> sending (or queued if nothing was sent yet); every chunk with pending rows is enqueued
+    again. A broadcast its circuit breaker held starts with an empty window."""
     broadcast = broadcast_store.resume(session, broadcast_id)
     session.commit()
-    redis_client.delete(halt_key(broadcast_id))
+    redis_client.delete(halt_key(broadcast_id), breaker_key(broadcast_id))  # a held one starts a fresh window
     enqueue_pending_chunks(session, celery_app, broadcast_id)
     return broadcast
 

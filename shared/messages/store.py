@@ -537,11 +537,20 @@ def mark_deferred_chunks_due(
 
 
 def count_queued_at_twilio(session: Session, broadcast_id: uuid.UUID) -> int:
-    """Messages Twilio holds or may hold queued: accepted with no `sent` (or later) callback yet, or in flight."""
+    """Messages Twilio holds or may hold queued: in flight, or accepted with no `sent` (or later) callback yet
+    (Twilio's `queued` callback leaves the message `sent` in our states, with twilio_status `queued`)."""
     return int(
         session.execute(
-            text("SELECT count(*) FROM messages WHERE broadcast_id = :id AND state = ANY(CAST(:states AS text[]))"),
-            {"id": broadcast_id, "states": [MessageState.ACCEPTED.value, MessageState.SENDING.value]},
+            text(
+                "SELECT count(*) FROM messages WHERE broadcast_id = :id AND (state = ANY(CAST(:states AS text[])) "
+                "OR (state = :sent AND twilio_status = ANY(CAST(:waiting AS text[]))))"
+            ),
+            {
+                "id": broadcast_id,
+                "states": [MessageState.ACCEPTED.value, MessageState.SENDING.value],
+                "sent": MessageState.SENT.value,
+                "waiting": ["accepted", "queued"],
+            },
         ).scalar_one()
     )
 

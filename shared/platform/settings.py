@@ -11,6 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -89,6 +90,16 @@ class Settings:
         "TWILIO_QUEUE_MAX_SECONDS",
         "Keep what Twilio holds queued under this many seconds of its observed drain rate (needs PUBLIC_BASE_URL)",
         default=60.0,
+    )
+    circuit_breaker_failure_share: float = _env(
+        "CIRCUIT_BREAKER_FAILURE_SHARE",
+        "Hold a broadcast when this share of its recent outcomes are 30007/30034/21610/5xx/timeouts (0: never)",
+        default=0.25,
+    )
+    circuit_breaker_min_outcomes: int = _env(
+        "CIRCUIT_BREAKER_MIN_OUTCOMES",
+        "Outcomes the circuit breaker needs in its window before it may trip",
+        default=200,
     )
     twilio_request_timeout_seconds: float = _env(
         "TWILIO_REQUEST_TIMEOUT_SECONDS", "Give up waiting for one Twilio response after this long", default=15.0
@@ -188,6 +199,11 @@ class Settings:
         "Signs dashboard sign-in cookies; unset: derived from TWILIO_AUTH_TOKEN, else random per process",
         default=None,
     )
+    clock_offset_seconds: float = _env(
+        "CLOCK_OFFSET_SECONDS",
+        "Tests only: beat releases daily-cap holds and due retries as if it were this much later",
+        default=0.0,
+    )
     port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
     data_dir: str = _env(
         "BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms"
@@ -211,6 +227,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def clock_now(self) -> datetime | None:
+        """The time beat's releases compare with: None (the database's now()) unless CLOCK_OFFSET_SECONDS moves it."""
+        if not self.clock_offset_seconds:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_seconds)
 
     @property
     def delivery_retry_codes(self) -> frozenset[int]:
@@ -309,6 +331,7 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         "webhook_max_body_bytes",
         "webhook_read_timeout_seconds",
         "twilio_queue_max_seconds",
+        "circuit_breaker_min_outcomes",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
@@ -318,6 +341,8 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         parse_segments_per_second(settings.twilio_segments_per_second)
     except ValueError:
         raise SettingsError("setting TWILIO_SEGMENTS_PER_SECOND must be a number above 0 or 'unlimited'") from None
+    if not 0 <= settings.circuit_breaker_failure_share <= 1:
+        raise SettingsError("setting CIRCUIT_BREAKER_FAILURE_SHARE must be between 0 (never trips) and 1")
     if settings.retention_days < 0:
         raise SettingsError("setting RETENTION_DAYS must be 0 (keep everything) or a number of days")
     try:

@@ -34,7 +34,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
-from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, halt_key
+from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, halt_key, hold_broadcasts
 from shared.compliance.opt_outs import SOURCE_INBOUND, add_opt_outs, classify_reply, remove_opt_out
 from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
@@ -53,6 +53,8 @@ from shared.receipts.status_queue import (
     claim_periodic_pass,
     ensure_consumer_group,
 )
+from shared.sending.breaker import BreakerPolicy, receipt_label
+from shared.sending.breaker import observe as observe_breaker
 from shared.sending.pacing import record_left_queue, record_slow_down
 from shared.twilio.error_codes import (
     CALENDAR_DAY_CAP_CODES,
@@ -296,6 +298,8 @@ class ApplyReport:
     abandoned: int = 0  # unmatched for UNAPPLIED_RETRY_WINDOW: no longer retried
     slow_down_answers: int = 0  # 30022 / 63017: pacing slows down
     held: list[uuid.UUID] = field(default_factory=list)  # broadcasts a daily cap held (their halt flags are due)
+    # (broadcast, label) of each final receipt, for the circuit breaker (shared.sending.breaker)
+    outcomes: list[tuple[uuid.UUID, str]] = field(default_factory=list)
 
     def add(self, other: ApplyReport) -> None:
         for name in self.__dataclass_fields__:
@@ -612,6 +616,11 @@ def apply_stored_events(
                 left_unfinished.add(row.broadcast_id)
     report.messages_updated = message_store.apply_receipts(session, updates)
     report.slow_down_answers = sum(1 for update in updates if update.error_code in SLOW_DOWN_CODES)
+    for update in updates:
+        label = receipt_label(update.state, update.error_code)
+        broadcast_id = broadcast_of.get(update.id)
+        if label is not None and broadcast_id is not None:
+            report.outcomes.append((broadcast_id, label))
     caps = [update for update in updates if update.error_code in HOLD_ALL_CODES and update.retry_due_at is not None]
     if caps:
         # A daily cap is the brand's or the account's: every broadcast that may send waits for the reset.
@@ -757,9 +766,13 @@ def _report_left_queue(redis_client: redis.Redis, settings: Settings, batch: Seq
         logger.warning("could not report %d callbacks to pacing (%s)", len(statuses), type(error).__name__)
 
 
-def _signal_pacing_and_holds(redis_client: redis.Redis, settings: Settings, applied: ApplyReport) -> None:
-    """After the commit: workers stop at once for broadcasts a daily cap held; a rate answer slows pacing down."""
+def _signal_pacing_and_holds(
+    session_factory: sessionmaker[Session], redis_client: redis.Redis, settings: Settings, applied: ApplyReport
+) -> None:
+    """After the commit: workers stop at once for broadcasts a daily cap held; a rate answer slows pacing down;
+    the circuit breakers see the receipts, and hold the broadcasts whose failures surge."""
     try:
+        _observe_breakers(session_factory, redis_client, settings, applied.outcomes)
         for broadcast_id in applied.held:
             redis_client.set(halt_key(broadcast_id), BroadcastStatus.HELD.value, ex=HALT_FLAG_TTL_SECONDS)
         if applied.slow_down_answers and settings.twilio_account_sid:
@@ -767,6 +780,25 @@ def _signal_pacing_and_holds(redis_client: redis.Redis, settings: Settings, appl
     except redis.RedisError as error:
         # The claim refuses held broadcasts anyway; only the chunks in flight go on a little longer.
         logger.warning("could not signal holds or a slow-down to the senders (%s)", type(error).__name__)
+
+
+def _observe_breakers(
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    settings: Settings,
+    outcomes: Sequence[tuple[uuid.UUID, str]],
+) -> None:
+    policy = BreakerPolicy.from_settings(settings)
+    if not policy.enabled or not outcomes:
+        return
+    by_broadcast: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for broadcast_id, label in outcomes:
+        by_broadcast[broadcast_id].append(label)
+    for broadcast_id, labels in by_broadcast.items():
+        reason = observe_breaker(redis_client, policy, broadcast_id, labels)
+        if reason is not None:
+            with session_scope(session_factory) as session:
+                hold_broadcasts(session, redis_client, [broadcast_id], reason, None)
 
 
 def drain_status_stream(
@@ -800,7 +832,7 @@ def drain_status_stream(
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
             _report_left_queue(redis_client, settings, batch)
-            _signal_pacing_and_holds(redis_client, settings, applied)
+            _signal_pacing_and_holds(session_factory, redis_client, settings, applied)
             record_applied_callbacks(redis_client, applied.stored_by_status.elements(), applied)
             report.batches += 1
             report.callbacks += len(batch)

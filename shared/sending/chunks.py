@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +35,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.broadcasts.control import HaltCallable, HaltCheck
+from shared.broadcasts import store as broadcast_store
+from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, HaltCallable, HaltCheck, halt_key
 from shared.broadcasts.outgoing import OutgoingContent, load_outgoing_content
 from shared.platform.db import create_database_engine, create_session_factory, session_scope
 from shared.platform.metrics import (
@@ -45,6 +47,7 @@ from shared.platform.metrics import (
     record_send_metrics,
 )
 from shared.platform.settings import Settings
+from shared.sending.breaker import BreakerPolicy, observe_async, send_label
 from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
 from shared.sending.pacing import Pacer, PacingPolicy
@@ -117,9 +120,11 @@ class SendingResources:
     limiter: ConcurrencyLimiter
     pacer: Pacer | None = None  # None: TWILIO_SEGMENTS_PER_SECOND=unlimited
     retry_policy: SendRetryPolicy = field(init=False)
+    breaker_policy: BreakerPolicy = field(init=False)
 
     def __post_init__(self) -> None:
         self.retry_policy = SendRetryPolicy.from_settings(self.settings)
+        self.breaker_policy = BreakerPolicy.from_settings(self.settings)
 
     @classmethod
     def create(cls, settings: Settings) -> SendingResources:
@@ -312,6 +317,32 @@ def _flush_chunk_metrics(
     resources.run(metrics.flush_async(resources.redis))
 
 
+def _observe_breaker(
+    resources: SendingResources, broadcast_id: uuid.UUID, results: Sequence[tuple[ClaimedMessage, SendOutcome]]
+) -> None:
+    """The chunk's answers go into the broadcast's circuit breaker; a surge holds it (shared.sending.breaker)."""
+    policy = resources.breaker_policy
+    if not policy.enabled:
+        return
+    labels = [send_label(outcome) for _, outcome in results]
+    try:
+        reason = resources.run(observe_async(resources.redis, policy, broadcast_id, labels))
+    except RedisError as error:
+        logger.warning("circuit breaker unavailable (%s)", type(error).__name__)
+        return
+    if reason is None:
+        return
+    with session_scope(resources.session_factory) as session:
+        held = broadcast_store.hold(session, [broadcast_id], reason, None)
+    if held:
+        logger.warning("broadcast %s held: %s", broadcast_id, reason)
+
+        async def raise_halt_flag() -> None:
+            await resources.redis.set(halt_key(broadcast_id), "held", ex=HALT_FLAG_TTL_SECONDS)
+
+        resources.run(raise_halt_flag())
+
+
 def _database_retrying() -> Retrying:
     """Recording after Twilio answered must not be lost to a database blip: retry a few times."""
     return Retrying(
@@ -357,6 +388,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
             record_send_outcomes(session, broadcast_id, results)
     result = ChunkResult.of(results)
     _flush_chunk_metrics(resources, metrics, result, results)
+    _observe_breaker(resources, broadcast_id, results)
     logger.info(
         "broadcast %s chunk %d: %d claimed, %d accepted, %d failed, %d unknown, %d released",
         broadcast_id,
