@@ -44,6 +44,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.context import db_session, services
 from shared.broadcasts.activity import Activity, broadcast_activity, state_counts_by_broadcast
+from shared.broadcasts.estimate import current_estimate
 from shared.broadcasts.intake import InvalidCursorError, get_broadcast, list_broadcasts
 from shared.broadcasts.options import View, shown_values
 from shared.broadcasts.progress import broadcast_progress
@@ -62,7 +63,9 @@ PAGE_SIZE = 20
 SESSION_MAX_AGE_SECONDS = 12 * 3600  # signed in for a working day at most, whatever the browser keeps
 CSRF_FIELD = "csrf_token"
 # The page reloads itself every few seconds while messages are still being sent or receipts are still expected.
-REFRESHING_STATUSES = frozenset({BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED})
+REFRESHING_STATUSES = frozenset(
+    {BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED, BroadcastStatus.HELD}
+)
 _DERIVATION_LABEL = b"bulksms dashboard session key v1"
 
 # How the progress bar groups the message states: (key, label, states, colour). The last group is the bar's track.
@@ -329,6 +332,9 @@ def broadcast_page(broadcast_id: str) -> str:
         export_url=url_for("dashboard.messages_export", broadcast_id=broadcast.id),
         auto_refresh=broadcast.status in REFRESHING_STATUSES,
         timing=_timing(broadcast, progress.submitted),
+        estimate=current_estimate(
+            broadcast, progress.unsent, services().settings, services().redis_client, datetime.now(UTC)
+        ),
     )
 
 

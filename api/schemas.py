@@ -101,6 +101,8 @@ class BroadcastSchema(Schema):
     paused_at = fields.AwareDateTime()
     canceled_at = fields.AwareDateTime()
     queued_at_twilio_when_stopped = fields.Integer()
+    held_reason = fields.String()
+    held_until = fields.AwareDateTime()
 
 
 class BroadcastDetailSchema(BroadcastSchema):

@@ -283,6 +283,24 @@ def estimate_seconds(segments: int, segments_per_second: float | None) -> float 
     return segments / segments_per_second
 
 
+def effective_segments_per_second(settings: Settings, client: redis.Redis | None) -> float | None:
+    """The throughput sending goes at now, for estimates: the configured rate, or the drain the callbacks show
+    when it is slower or no rate is configured (the start rate before anything drained); None when unpaced."""
+    policy = PacingPolicy.from_settings(settings)
+    if not policy.enabled:
+        return None
+    observed = 0.0
+    if client is not None and policy.queue_max_seconds > 0 and settings.twilio_account_sid:
+        try:
+            observed = read_pacing_state(client, settings.twilio_account_sid).drain_segments_per_second
+        except RedisError:
+            observed = 0.0
+    if policy.rate is None:
+        return observed or policy.start_rate
+    # Only a pool visibly slower than configured lowers it: a quiet moment drains nothing and means nothing.
+    return observed if 0 < observed < policy.rate * 0.9 else policy.rate
+
+
 class Pacer:
     """The Redis side for one worker process (asyncio): reserve segments before a send, settle after it.
 
