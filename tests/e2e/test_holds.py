@@ -68,7 +68,7 @@ class TestDailyCap:
     ) -> None:
         simulator.configure_pool(
             senders=[{"type": "long_code", "count": 10, "segments_per_second": 10}],
-            daily_cap={"code": 30023, "limit": 250},
+            daily_cap={"code": 30023, "limit": 500},
         )
         first = create_broadcast(db_session, [f"+1555700{index:04d}" for index in range(400)])
         second = create_broadcast(db_session, [f"+1555710{index:04d}" for index in range(400)])
