@@ -22,6 +22,7 @@ from shared.sending.pacing import (
     estimate_seconds,
     read_pacing_state,
     record_left_queue,
+    record_slow_down,
 )
 
 T = TypeVar("T")
@@ -225,3 +226,26 @@ class TestQueueBound:
         assert tokens.count(None) == 25 - BOUND_AT_START
         time.sleep(0.6)
         assert len(self.fill(redis_url, 100)) == BOUND_AT_START  # the room is back
+
+
+class TestSlowDown:
+    def test_a_rate_answer_halves_the_pace_for_a_while(self, redis_url: str, redis_client: redis.Redis) -> None:
+        policy = PacingPolicy(enabled=True, rate=40.0, queue_max_seconds=0.0)
+
+        def granted_in(seconds: float) -> int:
+            async def body(pacer: Pacer) -> int:
+                granted = 0
+                deadline = time.monotonic() + seconds
+                while await pacer.reserve(1, deadline) is not None:
+                    granted += 1
+                return granted
+
+            return run_with_pacer(redis_url, policy, body)
+
+        granted_in(1.1)  # empty the bucket's burst first
+        full = granted_in(2.0)
+        assert record_slow_down(redis_client, ACCOUNT) == 0.5
+        slowed = granted_in(2.0)
+        assert full == pytest.approx(80, abs=6)
+        assert slowed == pytest.approx(40, abs=6)
+        assert record_slow_down(redis_client, ACCOUNT) == 0.25  # another batch of 30022: slower still
