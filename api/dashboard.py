@@ -44,6 +44,7 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.context import db_session, services
 from shared.broadcasts.activity import Activity, broadcast_activity, state_counts_by_broadcast
+from shared.broadcasts.control import InvalidTransitionError, resume_broadcast
 from shared.broadcasts.estimate import current_estimate
 from shared.broadcasts.intake import InvalidCursorError, get_broadcast, list_broadcasts
 from shared.broadcasts.options import View, shown_values
@@ -336,6 +337,19 @@ def broadcast_page(broadcast_id: str) -> str:
             broadcast, progress.unsent, services().settings, services().redis_client, datetime.now(UTC)
         ),
     )
+
+
+@blueprint.post("/broadcasts/<broadcast_id>/resume")
+def resume(broadcast_id: str) -> BaseResponse:
+    """Resume a held (circuit breaker) or paused broadcast, as `POST /v1/broadcasts/{id}/resume` does."""
+    broadcast = _own_broadcast(broadcast_id)
+    try:
+        resume_broadcast(db_session(), services().redis_client, services().celery_app, broadcast.id)
+        flash("Resumed: sending goes on.")
+    except InvalidTransitionError as error:
+        db_session().rollback()
+        flash(str(error))
+    return redirect(url_for("dashboard.broadcast_page", broadcast_id=broadcast.id))
 
 
 def _timing(broadcast: Broadcast, submitted: int) -> dict[str, Any]:

@@ -333,3 +333,27 @@ def test_the_session_key_is_stable_when_configured_or_derivable(settings: Settin
     assert session_secret_key(derived) == session_secret_key(derived) != b"token"
     random = settings.replace(dashboard_secret_key=None, twilio_auth_token=None)
     assert session_secret_key(random) != session_secret_key(random)
+
+
+def test_a_broadcast_held_by_its_circuit_breaker_says_why_and_can_be_resumed_here(
+    signed_in: FlaskClient, key: SignedKey, db_session: Session
+) -> None:
+    broadcast = seed_broadcast(db_session, key.api_key, status=BroadcastStatus.HELD)
+    reason = "circuit breaker: 60 of the last 200 outcomes failed (30007 x60)"
+    db_session.execute(
+        text("UPDATE broadcasts SET held_reason = :reason, first_send_at = now() WHERE id = :id"),
+        {"reason": reason, "id": broadcast.id},
+    )
+    db_session.commit()
+    page = signed_in.get(f"/dashboard/broadcasts/{broadcast.id}").get_data(as_text=True)
+    assert reason in page and "It waits for an operator" in page and 'id="resume"' in page
+
+    response = signed_in.post(f"/dashboard/broadcasts/{broadcast.id}/resume", data={"csrf_token": csrf_from(page)})
+    assert response.status_code == 302
+    db_session.expire_all()
+    status, held_reason = db_session.execute(
+        text("SELECT status, held_reason FROM broadcasts WHERE id = :id"), {"id": broadcast.id}
+    ).one()
+    assert (status, held_reason) == ("sending", None)
+    again = signed_in.post(f"/dashboard/broadcasts/{broadcast.id}/resume", data={"csrf_token": csrf_from(page)})
+    assert "cannot be resumed" in signed_in.get(again.headers["Location"]).get_data(as_text=True)
