@@ -144,8 +144,10 @@ class TestCircuitBreaker:
         redis_client: redis.Redis,
     ) -> None:
         # The simulator's magic number +1 5XX 555 0017 (any area code 500-599) is filtered by the carrier (30007).
-        filtered = [f"+1{area}5550017" for area in range(500, 550)]
-        ordinary = [f"+1555720{index:04d}" for index in range(950)]
+        # Sent first (pacing admits a chunk's messages in order): all of them are out before their receipts trip the
+        # breaker, so after the resume only ordinary numbers are left and the breaker stays closed.
+        filtered = [f"+1{area}5550017" for area in range(500, 530)]
+        ordinary = [f"+1555720{index:04d}" for index in range(970)]
         broadcast = create_broadcast(db_session, filtered + ordinary)
         start(settings, workers, broadcast)
 
@@ -159,12 +161,18 @@ class TestCircuitBreaker:
 
         # The operator looks before resuming: by then the receipts of what went out before the trip are in (those
         # arriving after a resume count in the fresh window, and would trip it again).
-        wait_until(
-            lambda: states(engine, broadcast.id).get("undelivered", 0) == len(filtered),
-            60,
-            interval=0.5,
-            message="the filtered messages' receipts",
-        )
+        def filtered_receipts_in() -> bool:
+            with engine.connect() as connection:
+                waiting = connection.execute(
+                    text(
+                        "SELECT count(*) FROM messages WHERE broadcast_id = :id AND to_number = ANY(:numbers) "
+                        "AND state IN ('sending', 'accepted', 'sent')"
+                    ),
+                    {"id": broadcast.id, "numbers": filtered},
+                ).scalar_one()
+            return bool(waiting == 0)
+
+        wait_until(filtered_receipts_in, 60, interval=0.5, message="the receipts of the filtered messages sent")
         resume_broadcast(db_session, redis_client, create_celery_app(settings), broadcast.id)
         wait_until(
             lambda: states(engine, broadcast.id).get("pending", 0) == 0 and simulator.summary()["accepted"] == 1000,
