@@ -46,6 +46,8 @@ ENDPOINT_SCOPES: dict[str, str] = {
     "dashboard.index": DASHBOARD,
     "dashboard.broadcast_page": DASHBOARD,
     "dashboard.messages_export": DASHBOARD,
+    # Signed in like the pages; the handler also asks the key's `send` scope, as POST .../resume does.
+    "dashboard.resume": DASHBOARD,
     "dashboard.sign_in": PUBLIC,
     "dashboard.sign_out": PUBLIC,
     "health.healthz": PUBLIC,

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime
 from typing import Any
 
 import redis.exceptions
@@ -31,6 +32,7 @@ from api.schemas import (
 )
 from shared.broadcasts.content import ContentLimitError, Pricing, TemplateRecipientsError, cost_report
 from shared.broadcasts.deadlines import deadline_warnings
+from shared.broadcasts.estimate import current_estimate
 from shared.broadcasts.intake import (
     BroadcastRequest,
     IdempotencyConflictError,
@@ -61,6 +63,15 @@ broadcast_detail_schema = BroadcastDetailSchema()
 message_schema = MessageSchema()
 messages_query_schema = MessagesQuerySchema()
 broadcasts_query_schema = BroadcastsQuerySchema()
+
+
+def _estimate(broadcast: Broadcast, unsent: int) -> dict[str, Any]:
+    """`estimated_seconds` / `estimated_finish_at`: the unsent recipients' segments at today's throughput."""
+    estimate = current_estimate(broadcast, unsent, services().settings, services().redis_client, datetime.now(UTC))
+    return {
+        "estimated_seconds": estimate.seconds,
+        "estimated_finish_at": None if estimate.finish_at is None else estimate.finish_at.isoformat(),
+    }
 
 
 def _links(broadcast: Broadcast) -> dict[str, str]:
@@ -300,8 +311,9 @@ def _create() -> tuple[Response, int, dict[str, str]]:
     body = broadcast_schema.dump(broadcast)
     body["invalid"] = with_line_numbers(body["invalid"] or [], csv_lines)
     body["cost"] = cost_report(broadcast, pricing)
+    body.update(_estimate(broadcast, broadcast.recipients_accepted))
     body["warnings"] = deadline_warnings(
-        broadcast.deadline, broadcast.segments_total or 0, settings, utc_now(), broadcast.send_at
+        broadcast.deadline, broadcast.segments_total or 0, body["estimated_seconds"], utc_now(), broadcast.send_at
     )
     if result.dry_run:
         body["dry_run"] = True
@@ -351,6 +363,7 @@ def show_broadcast(broadcast_id: uuid.UUID) -> Response:
     body["error_codes"] = progress.error_code_list()
     body["completion"] = completion_reason(broadcast.status, progress.awaiting_receipt)
     body["cost"] = cost_report(broadcast, Pricing.from_settings(services().settings))
+    body.update(_estimate(broadcast, progress.unsent))
     body["links"] = _links(broadcast)
     return jsonify(body)
 

@@ -44,11 +44,13 @@ from werkzeug.wrappers.response import Response as BaseResponse
 
 from api.context import db_session, services
 from shared.broadcasts.activity import Activity, broadcast_activity, state_counts_by_broadcast
+from shared.broadcasts.control import InvalidTransitionError, resume_broadcast
+from shared.broadcasts.estimate import current_estimate
 from shared.broadcasts.intake import InvalidCursorError, get_broadcast, list_broadcasts
 from shared.broadcasts.options import View, shown_values
 from shared.broadcasts.progress import broadcast_progress
 from shared.messages.export import export_messages_csv
-from shared.platform.api_keys import authenticate_api_key
+from shared.platform.api_keys import authenticate_api_key, scope_allows
 from shared.platform.db import session_scope
 from shared.platform.models import ApiKey, Broadcast, BroadcastStatus
 from shared.platform.settings import Settings
@@ -62,7 +64,9 @@ PAGE_SIZE = 20
 SESSION_MAX_AGE_SECONDS = 12 * 3600  # signed in for a working day at most, whatever the browser keeps
 CSRF_FIELD = "csrf_token"
 # The page reloads itself every few seconds while messages are still being sent or receipts are still expected.
-REFRESHING_STATUSES = frozenset({BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED})
+REFRESHING_STATUSES = frozenset(
+    {BroadcastStatus.QUEUED, BroadcastStatus.SENDING, BroadcastStatus.SUBMITTED, BroadcastStatus.HELD}
+)
 _DERIVATION_LABEL = b"bulksms dashboard session key v1"
 
 # How the progress bar groups the message states: (key, label, states, colour). The last group is the bar's track.
@@ -329,7 +333,32 @@ def broadcast_page(broadcast_id: str) -> str:
         export_url=url_for("dashboard.messages_export", broadcast_id=broadcast.id),
         auto_refresh=broadcast.status in REFRESHING_STATUSES,
         timing=_timing(broadcast, progress.submitted),
+        estimate=current_estimate(
+            broadcast, progress.unsent, services().settings, services().redis_client, datetime.now(UTC)
+        ),
     )
+
+
+@blueprint.post("/broadcasts/<broadcast_id>/resume")
+def resume(broadcast_id: str) -> BaseResponse:
+    """Resume a held (circuit breaker) or paused broadcast, as `POST /v1/broadcasts/{id}/resume` does."""
+    broadcast = _own_broadcast(broadcast_id)
+    if not scope_allows(g.dashboard_key.scope, "send"):
+        flash("This key may only read: resuming needs a key with the send scope.")
+        return redirect(url_for("dashboard.broadcast_page", broadcast_id=broadcast.id))
+    try:
+        resume_broadcast(
+            db_session(),
+            services().redis_client,
+            services().celery_app,
+            broadcast.id,
+            services().settings.send_window_chunks,
+        )
+        flash("Resumed: sending goes on.")
+    except InvalidTransitionError as error:
+        db_session().rollback()
+        flash(str(error))
+    return redirect(url_for("dashboard.broadcast_page", broadcast_id=broadcast.id))
 
 
 def _timing(broadcast: Broadcast, submitted: int) -> dict[str, Any]:

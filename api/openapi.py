@@ -103,6 +103,11 @@ BROADCAST_EXAMPLE: dict[str, Any] = {
     "enqueued_at": None,
     "paused_at": None,
     "canceled_at": None,
+    "queued_at_twilio_when_stopped": None,
+    "held_reason": None,
+    "held_until": None,
+    "estimated_seconds": 0.1,
+    "estimated_finish_at": "2026-11-29T16:58:01.223456+00:00",
     **shown_examples(View.BROADCAST),
     "links": {
         "self": f"/v1/broadcasts/{BROADCAST_ID_EXAMPLE}",

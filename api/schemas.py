@@ -102,6 +102,9 @@ class BroadcastSchema(Schema):
     enqueued_at = fields.AwareDateTime()
     paused_at = fields.AwareDateTime()
     canceled_at = fields.AwareDateTime()
+    queued_at_twilio_when_stopped = fields.Integer()
+    held_reason = fields.String()
+    held_until = fields.AwareDateTime()
 
 
 class BroadcastDetailSchema(BroadcastSchema):

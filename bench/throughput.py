@@ -181,6 +181,8 @@ def main() -> None:
                 "TWILIO_API_BASE_URL": simulator_url,
                 "PUBLIC_BASE_URL": f"http://127.0.0.1:{api_port}",
                 "TWILIO_MAX_CONCURRENCY": str(arguments.max_concurrency),
+                # What the machine can push, unpaced: bench/pacing.py measures pacing.
+                "TWILIO_SEGMENTS_PER_SECOND": "unlimited",
                 "PORT": str(api_port),
                 "LOG_LEVEL": "WARNING",
             },

@@ -22,6 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from bulksms_tools.stack import SIMULATOR_CREDENTIALS_FILE_NAME, data_directory, mask_url, read_stack_state
 from shared.platform.db import sqlalchemy_url
 from shared.platform.settings import TWILIO_DEFAULT_API_BASE_URL, Settings
+from shared.sending.pacing import PacingPolicy
 from shared.sending.sweeper import SWEEP_HEARTBEAT_KEY
 
 PING_TIMEOUT_SECONDS = 2.0
@@ -336,6 +337,94 @@ def check_public_base_url(environment: Environment) -> Check:
     return Check(name, True, f"{url} is public https")
 
 
+# Throughput per sender Twilio documents by default (segments/s); 10DLC long codes depend on the campaign.
+SHORT_CODE_SEGMENTS_PER_SECOND = 100.0
+TOLL_FREE_SEGMENTS_PER_SECOND = 3.0
+TOLL_FREE_PREFIXES = ("+1800", "+1833", "+1844", "+1855", "+1866", "+1877", "+1888")
+
+
+@dataclass(frozen=True)
+class SenderPool:
+    short_codes: int = 0
+    toll_free: int = 0
+    us_long_codes: int = 0
+    other_long_codes: int = 0
+    alpha_senders: int = 0
+
+    @property
+    def known_segments_per_second(self) -> float:
+        """Short codes and toll-free numbers add up; the others have no rate we can know from here."""
+        return self.short_codes * SHORT_CODE_SEGMENTS_PER_SECOND + self.toll_free * TOLL_FREE_SEGMENTS_PER_SECOND
+
+    def describe(self) -> str:
+        parts = []
+        if self.short_codes:
+            parts.append(f"{self.short_codes} short code(s) x {SHORT_CODE_SEGMENTS_PER_SECOND:g}")
+        if self.toll_free:
+            parts.append(f"{self.toll_free} toll-free x {TOLL_FREE_SEGMENTS_PER_SECOND:g}")
+        known = f"{' + '.join(parts)} = {self.known_segments_per_second:g} segments/s" if parts else ""
+        unknown = []
+        if self.us_long_codes:
+            unknown.append(
+                f"{self.us_long_codes} US long code(s): A2P 10DLC throughput is set per campaign and brand, not per "
+                "number, so the rate must come from your campaign (not guessed)"
+            )
+        if self.other_long_codes or self.alpha_senders:
+            unknown.append(
+                f"{self.other_long_codes + self.alpha_senders} other sender(s): throughput set per country (not "
+                "guessed)"
+            )
+        return "; ".join(filter(None, [known, *unknown])) or "no senders"
+
+
+def sender_pool_of(phone_numbers: list[str], short_codes: int, alpha_senders: int) -> SenderPool:
+    """Classify a Messaging Service's senders (a phone number's type comes from its number)."""
+    toll_free = sum(1 for number in phone_numbers if number.startswith(TOLL_FREE_PREFIXES))
+    us = sum(1 for number in phone_numbers if number.startswith("+1") and not number.startswith(TOLL_FREE_PREFIXES))
+    return SenderPool(short_codes, toll_free, us, len(phone_numbers) - toll_free - us, alpha_senders)
+
+
+def check_pacing(environment: Environment) -> Check:
+    """The configured pace next to what the Messaging Service's sender pool implies, and whether receipts (the
+    queue bound) can work."""
+    from twilio.base.exceptions import TwilioException
+
+    settings = environment.settings
+    name = "Pacing"
+    policy = PacingPolicy.from_settings(settings)
+    configured = policy.describe()
+    if not settings.twilio_configured:
+        return Check(name, True, f"{configured} (sender pool not read: no Twilio credentials)")
+    service = twilio_client(settings).messaging.v1.services(settings.twilio_messaging_service_sid)
+    try:
+        numbers = [sender.phone_number for sender in service.phone_numbers.list()]
+        short_codes = len(service.short_codes.list())
+        alpha = len(service.alpha_senders.list())
+    except (TwilioException, requests.RequestException, OSError) as error:
+        return Check(name, True, f"{configured}; the sender pool could not be read: {_first_line(error)}")
+    pool = sender_pool_of(numbers, short_codes, alpha)
+    detail = f"configured: {configured}. Sender pool: {pool.describe()}"
+    implied = pool.known_segments_per_second
+    rate = policy.rate
+    mixed = sum(1 for count in (pool.short_codes, pool.toll_free, pool.us_long_codes) if count) > 1
+    if mixed:
+        detail += ". A pool mixing sender types is paced at one rate: set the lowest common one"
+    if policy.enabled and rate is not None and implied and not pool.us_long_codes and rate > implied * 1.05:
+        return Check(
+            name,
+            False,
+            f"{detail}. The configured rate is above what the pool transmits",
+            f"set TWILIO_SEGMENTS_PER_SECOND={implied:g} (the queue bound still protects you meanwhile)",
+        )
+    if policy.enabled and policy.queue_max_seconds <= 0:
+        return Check(
+            name,
+            True,
+            f"{detail}. No PUBLIC_BASE_URL, so no status callbacks: the configured rate alone applies (no queue bound)",
+        )
+    return Check(name, True, detail)
+
+
 def check_workers(environment: Environment) -> Check:
     if not environment.redis_url:
         return Check("Celery workers", False, "not checked: no Redis", "fix Redis first")
@@ -437,6 +526,7 @@ def run_checks(settings: Settings, api_url: str, api_key: str | None) -> list[Ch
     checks = [*check_postgres(environment), redis_check]
     checks += check_twilio(environment)
     checks.append(check_public_base_url(environment))
+    checks.append(check_pacing(environment))
     if redis_check.ok:
         checks += [check_workers(environment), check_beat(environment)]
     else:

@@ -214,6 +214,26 @@ def format_money(amount: Any, currency: str) -> str:
     return f"{float(amount):,.4f} {currency}".replace(".0000 ", " ")
 
 
+def format_duration(seconds: float) -> str:
+    """`95` -> "1 min 35 s", `7300` -> "2 h 1 min"."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours} h {minutes} min"
+    return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def add_estimate_rows(table: Table, view: dict[str, Any]) -> None:
+    """How long sending still takes at the paced throughput, and when it should be done."""
+    seconds = view.get("estimated_seconds")
+    if seconds is None:
+        return
+    table.add_row("estimated time to send", format_duration(float(seconds)))
+    if view.get("estimated_finish_at"):
+        table.add_row("estimated finish", str(view["estimated_finish_at"]))
+
+
 def print_intake_summary(body: dict[str, Any]) -> None:
     recipients = body.get("recipients") or {}
     message = body.get("message") or {}
@@ -246,6 +266,8 @@ def print_intake_summary(body: dict[str, Any]) -> None:
         if per_recipient.get("total") is not None:
             table.add_row("segments in all", f"{int(per_recipient['total']):,}")
     table.add_row("estimated cost", format_money(cost.get("estimated"), str(cost.get("currency", ""))))
+    if not dry_run:
+        add_estimate_rows(table, body)
     console.print(table)
     if cost.get("note"):
         console.print(f"[dim]{cost['note']}[/]")
@@ -578,6 +600,13 @@ def print_tally(view: dict[str, Any], elapsed_seconds: float | None = None) -> N
     cost = view.get("cost") or {}
     if cost:
         table.add_row("estimated cost", format_money(cost.get("estimated"), str(cost.get("currency", ""))))
+    add_estimate_rows(table, view)
+    if view.get("status") == "held":
+        table.add_row("held because", str(view.get("held_reason")))
+        until = view.get("held_until")
+        table.add_row("resumes", str(until) if until else "when an operator resumes it: bulksms resume ID")
+    if view.get("queued_at_twilio_when_stopped") is not None:
+        table.add_row("still queued at Twilio when stopped", f"{int(view['queued_at_twilio_when_stopped']):,}")
     for name in ("send_at", "created_at", "submitted_at", "completed_at", "paused_at", "canceled_at"):
         if view.get(name):
             table.add_row(name.replace("_", " "), str(view[name]))

@@ -158,6 +158,11 @@ def base_settings(database_url: str, redis_url: str, simulator_url: str) -> Sett
             "SWEEPER_GRACE_SECONDS": "3",
             # Completion callbacks go to receivers on 127.0.0.1; tests of the refusal turn this off.
             "ALLOW_PRIVATE_CALLBACK_URLS": "true",
+            # Unpaced unless a test is about pacing: the simulator's default pool transmits at once, and these
+            # tests' callbacks go nowhere, so the adaptive default would only slow them down.
+            "TWILIO_SEGMENTS_PER_SECOND": "unlimited",
+            # No circuit breaker unless a test is about it: fault tests send whole broadcasts into 5xx answers.
+            "CIRCUIT_BREAKER_FAILURE_SHARE": "0",
         },
         dotenv_path=None,
     )

@@ -9,7 +9,7 @@ import logging
 import random
 import time
 
-from shared.broadcasts.control import release_due_deferred_chunks, release_scheduled_broadcasts
+from shared.broadcasts.control import release_due_deferred_chunks, release_due_holds, release_scheduled_broadcasts
 from shared.compliance.retention import apply_retention
 from shared.messages import counts as message_counts
 from shared.platform.task_queue import (
@@ -69,7 +69,7 @@ def sweep_task(self: BulksmsTask) -> None:
 @worker_task(RELEASE_DUE_RETRIES_TASK, on_infrastructure_error=SkipThisRun("due retries not released"))
 def release_due_retries_task(self: BulksmsTask) -> None:
     """Send the delivery retries that fell due: archive each attempt, reset to pending, enqueue the chunks."""
-    release_and_enqueue_due_retries(self.session_factory, celery_app)
+    release_and_enqueue_due_retries(self.session_factory, celery_app, now=settings.clock_now())
 
 
 @worker_task(COMPLETE_BROADCASTS_TASK, on_infrastructure_error=SkipThisRun("broadcast completion not checked"))
@@ -102,9 +102,16 @@ def notify_completion_task(self: BulksmsTask, broadcast_id: str) -> None:
 
 @worker_task(RELEASE_SCHEDULED_TASK, on_infrastructure_error=SkipThisRun("scheduled broadcasts not released"))
 def release_scheduled_task(self: BulksmsTask) -> None:
-    """Scheduled broadcasts whose send_at has come: queued, and their chunks enqueued."""
+    """Scheduled broadcasts whose send_at has come, and held ones whose daily cap has reset: their chunks enqueued."""
     with self.session() as session:
         released = release_scheduled_broadcasts(session, celery_app, normal_window=settings.send_window_chunks)
+        release_due_holds(
+            session,
+            status_redis_client(),
+            celery_app,
+            now=settings.clock_now(),
+            normal_window=settings.send_window_chunks,
+        )
     if released:
         logger.info("released %d scheduled broadcasts", released)
 

@@ -29,6 +29,7 @@ from shared.compliance.quiet_hours import QuietHours, count_deferred
 from shared.messages import store as message_store
 from shared.platform.models import Broadcast, BroadcastStatus
 from shared.platform.task_queue import enqueue_chunks
+from shared.sending.breaker import breaker_key
 from shared.sending.windows import DEFAULT_WINDOW_CHUNKS, release_and_enqueue
 
 __all__ = ["InvalidTransitionError"]
@@ -73,11 +74,12 @@ def resume_broadcast(
     broadcast_id: uuid.UUID,
     normal_window: int = DEFAULT_WINDOW_CHUNKS,
 ) -> Broadcast:
-    """paused -> sending (or queued if nothing was sent yet); its released chunks with pending rows are enqueued
-    again and its window filled (shared.sending.windows)."""
+    """paused | held -> sending (or queued if nothing was sent yet); its released chunks with pending rows are
+    enqueued again and its window filled (shared.sending.windows). A broadcast its circuit breaker held starts
+    with an empty window of outcomes."""
     broadcast = broadcast_store.resume(session, broadcast_id)
     session.commit()
-    redis_client.delete(halt_key(broadcast_id))
+    redis_client.delete(halt_key(broadcast_id), breaker_key(broadcast_id))  # a held one starts a fresh window
     release_and_enqueue(session, celery_app, broadcast_id, normal_window, restart=True)
     session.refresh(broadcast)
     return broadcast
@@ -90,6 +92,43 @@ def cancel_broadcast(session: Session, redis_client: redis.Redis, broadcast_id: 
     session.commit()
     redis_client.set(halt_key(broadcast_id), BroadcastStatus.CANCELED.value, ex=HALT_FLAG_TTL_SECONDS)
     return broadcast
+
+
+def hold_broadcasts(
+    session: Session,
+    redis_client: redis.Redis,
+    broadcast_ids: list[uuid.UUID] | None,
+    reason: str,
+    until: datetime | None,
+) -> list[uuid.UUID]:
+    """-> held (committed), and the halt flag so workers stop at once: a daily cap holds every broadcast that may
+    send (`broadcast_ids` None) until `until`; a circuit breaker holds one until an operator resumes it."""
+    held = broadcast_store.hold(session, broadcast_ids, reason, until)
+    session.commit()
+    for broadcast_id in held:
+        redis_client.set(halt_key(broadcast_id), BroadcastStatus.HELD.value, ex=HALT_FLAG_TTL_SECONDS)
+    if held:
+        logger.warning("held %d broadcasts: %s (until %s)", len(held), reason, until or "an operator resumes")
+    return held
+
+
+def release_due_holds(
+    session: Session,
+    redis_client: redis.Redis,
+    celery_app: Celery,
+    now: datetime | None = None,
+    normal_window: int = DEFAULT_WINDOW_CHUNKS,
+) -> list[uuid.UUID]:
+    """Beat: held broadcasts whose cap has reset send again (flag cleared, released chunks with pending rows
+    published again and the window filled: shared.sending.windows)."""
+    released = broadcast_store.release_due_holds(session, now)
+    session.commit()
+    for broadcast_id in released:
+        redis_client.delete(halt_key(broadcast_id))
+        release_and_enqueue(session, celery_app, broadcast_id, normal_window, restart=True)
+    if released:
+        logger.info("released %d held broadcasts: their daily cap has reset", len(released))
+    return released
 
 
 def reschedule_broadcast(

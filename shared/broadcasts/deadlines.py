@@ -12,7 +12,6 @@ import math
 from datetime import datetime, timedelta
 
 from shared.broadcasts.media import MAX_VALIDITY_PERIOD_SECONDS
-from shared.platform.settings import Settings
 
 DEADLINE_MAX_LEAD = timedelta(hours=72)
 # Twilio's smallest ValidityPeriod: a message with less time left than this is not sent at all.
@@ -45,28 +44,18 @@ def validity_period_left(deadline: datetime | None, validity_period: int | None,
     return min(left, validity_period or MAX_VALIDITY_PERIOD_SECONDS, MAX_VALIDITY_PERIOD_SECONDS)
 
 
-def estimated_sending_seconds(segments_total: int, settings: Settings) -> float | None:
-    """How long sending is expected to take: total segments at the configured throughput
-    (`TWILIO_SEGMENTS_PER_SECOND`); None when no throughput is configured. The one place an estimate is made for
-    the deadline warning, so a better estimate replaces this function alone."""
-    rate = getattr(settings, "twilio_segments_per_second", None)
-    if not rate or rate <= 0:
-        return None
-    return segments_total / float(rate)
-
-
 def deadline_warnings(
     deadline: datetime | None,
     segments_total: int,
-    settings: Settings,
+    seconds: float | None,
     now: datetime,
     send_at: datetime | None = None,
 ) -> list[str]:
-    """The `warnings` of intake's answer: [] when the deadline is expected to be met (or cannot be judged)."""
-    if deadline is None:
-        return []
-    seconds = estimated_sending_seconds(segments_total, settings)
-    if seconds is None:
+    """The `warnings` of intake's answer: [] when the deadline is expected to be met (or cannot be judged).
+
+    `seconds` is the broadcast's estimate (shared.broadcasts.estimate: its segments at the throughput sending goes
+    at now); None, when unpaced with no known throughput, gives no warning."""
+    if deadline is None or seconds is None:
         return []
     finish = max(send_at or now, now) + timedelta(seconds=seconds)
     if finish <= deadline:

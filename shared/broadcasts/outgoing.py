@@ -12,7 +12,11 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared.broadcasts.deadlines import validity_period_left
+from shared.broadcasts.segments import count_segments
 from shared.broadcasts.templates import MessageTemplate, parse_template
+
+# Segment counts of recent plain bodies: every message of a broadcast has the same one.
+_BODY_SEGMENTS: dict[str, int] = {}
 
 
 class DeadlinePassed(Exception):
@@ -31,6 +35,22 @@ class OutgoingContent:
 
     def body_for(self, variables: Mapping[str, str] | None) -> str:
         return self.body if self.template is None else self.template.render(variables)
+
+    def segments_for(self, text_body: str) -> int:
+        """What one message costs of the sender's throughput: its segments (an MMS counts as one)."""
+        if self.media_urls:
+            return 1
+        if self.template is None and text_body is self.body:
+            return self._body_segments()
+        return count_segments(text_body).segments
+
+    def _body_segments(self) -> int:
+        cached = _BODY_SEGMENTS.get(self.body)
+        if cached is None:
+            cached = _BODY_SEGMENTS[self.body] = count_segments(self.body).segments
+            if len(_BODY_SEGMENTS) > 64:
+                _BODY_SEGMENTS.pop(next(iter(_BODY_SEGMENTS)))
+        return cached
 
     def send_options(self, now: datetime | None = None) -> dict[str, Any]:
         """Keyword arguments for `TwilioGateway.send` of a request starting `now`: only the options this broadcast

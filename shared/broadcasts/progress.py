@@ -56,6 +56,11 @@ class BroadcastProgress:
         return self.counts[MessageState.DELIVERED.value]
 
     @property
+    def unsent(self) -> int:
+        """Recipients bulksms has still to hand to Twilio (pending, in flight, or waiting for a new attempt)."""
+        return self._sum((MessageState.PENDING, MessageState.SENDING, MessageState.RETRY_SCHEDULED))
+
+    @property
     def awaiting_receipt(self) -> int:
         return self._sum(AWAITING_RECEIPT_STATES)
 

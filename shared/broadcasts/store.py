@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from shared.messages import store as message_store
 from shared.platform.models import UNFINISHED_MESSAGE_STATES, Broadcast, BroadcastStatus
 
 B = BroadcastStatus
@@ -34,6 +35,8 @@ class BroadcastEvent(enum.StrEnum):
     RESUME = "resume"  # API: back to sending, or queued when nothing was sent yet
     CANCEL = "cancel"  # API
     COMPLETE = "complete"  # every message final, or no receipt for COMPLETION_IDLE_SECONDS (beat)
+    HOLD = "hold"  # a daily cap (every sending broadcast) or the broadcast's circuit breaker
+    RELEASE_HOLD = "release_hold"  # the cap's reset time came (beat)
 
 
 BROADCAST_TRANSITIONS: tuple[tuple[BroadcastStatus, BroadcastEvent, BroadcastStatus], ...] = (
@@ -55,6 +58,15 @@ BROADCAST_TRANSITIONS: tuple[tuple[BroadcastStatus, BroadcastEvent, BroadcastSta
     (B.SENDING, BroadcastEvent.COMPLETE, B.COMPLETED),
     (B.SUBMITTED, BroadcastEvent.COMPLETE, B.COMPLETED),
     (B.CANCELED, BroadcastEvent.COMPLETE, B.CANCELED),  # keeps its status; gets completed_at and the callback
+    (B.QUEUED, BroadcastEvent.HOLD, B.HELD),
+    (B.SENDING, BroadcastEvent.HOLD, B.HELD),
+    (B.HELD, BroadcastEvent.HOLD, B.HELD),  # another cap answer: the later resume time wins
+    (B.HELD, BroadcastEvent.RELEASE_HOLD, B.SENDING),
+    (B.HELD, BroadcastEvent.RELEASE_HOLD, B.QUEUED),
+    (B.HELD, BroadcastEvent.RESUME, B.SENDING),  # an operator resumes it (after the circuit breaker)
+    (B.HELD, BroadcastEvent.RESUME, B.QUEUED),
+    (B.HELD, BroadcastEvent.CANCEL, B.CANCELED),
+    (B.HELD, BroadcastEvent.SUBMIT, B.SUBMITTED),  # the requests in flight at the hold were the last ones
 )
 
 # How the API words each move in a refusal: "A broadcast that is completed cannot be paused; ..."
@@ -130,6 +142,7 @@ def pause(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
     _require(broadcast, BroadcastEvent.PAUSE)
     broadcast.status = B.PAUSED
     broadcast.paused_at = _now(session)
+    broadcast.queued_at_twilio_when_stopped = message_store.count_queued_at_twilio(session, broadcast_id)
     return broadcast
 
 
@@ -139,6 +152,7 @@ def resume(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
     _require(broadcast, BroadcastEvent.RESUME)
     broadcast.status = B.SENDING if broadcast.first_send_at else B.QUEUED
     broadcast.paused_at = None
+    broadcast.held_reason = broadcast.held_until = broadcast.held_at = None
     return broadcast
 
 
@@ -148,7 +162,49 @@ def cancel(session: Session, broadcast_id: uuid.UUID) -> Broadcast:
     _require(broadcast, BroadcastEvent.CANCEL)
     broadcast.status = B.CANCELED
     broadcast.canceled_at = _now(session)
+    broadcast.queued_at_twilio_when_stopped = message_store.count_queued_at_twilio(session, broadcast_id)
     return broadcast
+
+
+def hold(
+    session: Session, broadcast_ids: Sequence[uuid.UUID] | None, reason: str, until: datetime | None
+) -> list[uuid.UUID]:
+    """queued | sending -> held, with the reason and when sending resumes (None: when an operator resumes it);
+    `broadcast_ids` None holds every broadcast that may send (a daily cap holds the whole account). A broadcast
+    already held keeps the later of the two resume times. Returns the ids now held (the caller commits)."""
+    held = session.execute(
+        text(
+            "UPDATE broadcasts SET status = :held, held_at = now(), "
+            "held_reason = CASE WHEN status = :held AND held_until IS NULL THEN held_reason ELSE :reason END, "
+            "held_until = CASE "
+            "  WHEN status = :held AND (held_until IS NULL OR :until IS NULL) THEN NULL "
+            "  WHEN status = :held THEN greatest(held_until, :until) ELSE :until END "
+            "WHERE status = ANY(CAST(:sources AS text[])) "
+            "AND (CAST(:ids AS uuid[]) IS NULL OR id = ANY(CAST(:ids AS uuid[]))) RETURNING id"
+        ),
+        {
+            "held": B.HELD,
+            "reason": reason,
+            "until": until,
+            "sources": sources_of(BroadcastEvent.HOLD),
+            "ids": None if broadcast_ids is None else list(broadcast_ids),
+        },
+    ).scalars()
+    return list(held)
+
+
+def release_due_holds(session: Session, now: datetime | None = None) -> list[uuid.UUID]:
+    """held -> sending (queued if nothing was sent yet) once `held_until` has come; the caller commits, clears the
+    halt flags and enqueues the pending chunks."""
+    rows = session.execute(
+        text(
+            "UPDATE broadcasts SET status = CASE WHEN first_send_at IS NULL THEN :queued ELSE :sending END, "
+            "held_reason = NULL, held_until = NULL, held_at = NULL "
+            "WHERE status = :held AND held_until <= coalesce(CAST(:now AS timestamptz), now()) RETURNING id"
+        ),
+        {"queued": B.QUEUED, "sending": B.SENDING, "held": B.HELD, "now": now},
+    ).scalars()
+    return list(rows)
 
 
 def reschedule(session: Session, broadcast_id: uuid.UUID, send_at: datetime) -> Broadcast:

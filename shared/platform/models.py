@@ -44,6 +44,7 @@ class BroadcastStatus(enum.StrEnum):
     SCHEDULED = "scheduled"  # stored with a future send_at; beat releases it
     PAUSED = "paused"  # no new send starts; resume continues
     CANCELED = "canceled"  # every unsent message canceled
+    HELD = "held"  # no new send starts: a daily cap (resumes at held_until) or its circuit breaker (an operator)
 
 
 class BroadcastPriority(enum.StrEnum):
@@ -151,6 +152,12 @@ class Broadcast(Base):
     recipients_deferred: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     paused_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     canceled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # At the last pause or cancel: messages Twilio had accepted (or was being sent) and not yet reported sent,
+    # which go out whatever we decide (at most TWILIO_QUEUE_MAX_SECONDS of traffic under pacing).
+    queued_at_twilio_when_stopped: Mapped[int | None] = mapped_column(Integer)
+    held_reason: Mapped[str | None] = mapped_column(Text)  # the cap or the codes and counts that tripped the breaker
+    held_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # NULL: until an operator resumes
+    held_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     client_reference: Mapped[str | None] = mapped_column(String(256))  # the caller's own id for the broadcast
     # Retention removed its body, its recipients' numbers and template values (RETENTION_DAYS after completion).
     redacted_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
@@ -208,6 +215,8 @@ class Message(Base):
     to_number: Mapped[str | None] = mapped_column(String(16))  # NULL: erased on request or by retention
     state: Mapped[str] = mapped_column(String(20), default=MessageState.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Attempts Twilio answered with a rate or cap code (never transmitted): not counted as delivery attempts.
+    uncounted_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     twilio_sid: Mapped[str | None] = mapped_column(String(34))
     twilio_status: Mapped[str | None] = mapped_column(String(20))
     error_code: Mapped[int | None] = mapped_column(Integer)

@@ -7,9 +7,11 @@ to `create_app(settings)` and `create_celery_app(settings)`, so tests can hand i
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -19,6 +21,21 @@ from shared.compliance.phone_numbers import check_country_codes, check_default_r
 from shared.twilio.error_codes import DEFAULT_DELIVERY_RETRY_CODES
 
 TWILIO_DEFAULT_API_BASE_URL = "https://api.twilio.com"
+
+
+UNLIMITED = "unlimited"  # TWILIO_SEGMENTS_PER_SECOND's explicit "no pacing"
+
+
+def parse_segments_per_second(text: str | None) -> float | None:
+    """TWILIO_SEGMENTS_PER_SECOND: a positive number, `unlimited` (math.inf), or unset (None: adaptive)."""
+    if text is None or not text.strip():
+        return None
+    if text.strip().lower() == UNLIMITED:
+        return math.inf
+    value = float(text)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(text)
+    return value
 
 
 class SettingsError(RuntimeError):
@@ -82,6 +99,27 @@ class Settings:
     public_base_url: str | None = _env("PUBLIC_BASE_URL", "Public URL where Twilio reaches our webhooks", default=None)
     twilio_max_concurrency: int = _env(
         "TWILIO_MAX_CONCURRENCY", "Cap on Twilio requests in flight across all workers and hosts", default=100
+    )
+    twilio_segments_per_second: str | None = _env(
+        "TWILIO_SEGMENTS_PER_SECOND",
+        "The sender pool's throughput in segments/s, all workers together; unset: adaptive from a conservative "
+        "start; 'unlimited': unpaced",
+        default=None,
+    )
+    twilio_queue_max_seconds: float = _env(
+        "TWILIO_QUEUE_MAX_SECONDS",
+        "Keep what Twilio holds queued under this many seconds of its observed drain rate (needs PUBLIC_BASE_URL)",
+        default=60.0,
+    )
+    circuit_breaker_failure_share: float = _env(
+        "CIRCUIT_BREAKER_FAILURE_SHARE",
+        "Hold a broadcast when this share of its recent outcomes are 30007/30034/21610/5xx/timeouts (0: never)",
+        default=0.25,
+    )
+    circuit_breaker_min_outcomes: int = _env(
+        "CIRCUIT_BREAKER_MIN_OUTCOMES",
+        "Outcomes the circuit breaker needs in its window before it may trip",
+        default=200,
     )
     twilio_request_timeout_seconds: float = _env(
         "TWILIO_REQUEST_TIMEOUT_SECONDS", "Give up waiting for one Twilio response after this long", default=15.0
@@ -202,6 +240,11 @@ class Settings:
         "Signs dashboard sign-in cookies; unset: derived from TWILIO_AUTH_TOKEN, else random per process",
         default=None,
     )
+    clock_offset_seconds: float = _env(
+        "CLOCK_OFFSET_SECONDS",
+        "Tests only: beat releases daily-cap holds and due retries as if it were this much later",
+        default=0.0,
+    )
     port: int = _env("PORT", "Where `bulksms up` serves the API and the webhooks", default=8000)
     data_dir: str = _env(
         "BULKSMS_DATA_DIR", "Folder for embedded PostgreSQL/Redis data and beat state", default=".bulksms"
@@ -225,6 +268,12 @@ class Settings:
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
+
+    def clock_now(self) -> datetime | None:
+        """The time beat's releases compare with: None (the database's now()) unless CLOCK_OFFSET_SECONDS moves it."""
+        if not self.clock_offset_seconds:
+            return None
+        return datetime.now(UTC) + timedelta(seconds=self.clock_offset_seconds)
 
     @property
     def delivery_retry_codes(self) -> frozenset[int]:
@@ -334,11 +383,19 @@ def load_settings(environ: Mapping[str, str] | None = None, dotenv_path: str | P
         "webhook_max_body_bytes",
         "webhook_read_timeout_seconds",
         "callback_deadline_seconds",
+        "twilio_queue_max_seconds",
+        "circuit_breaker_min_outcomes",
     ):
         if getattr(settings, name) <= 0:
             raise SettingsError(f"setting {_env_name(name)} must be a positive number")
     if bool(settings.twilio_api_key_sid) != bool(settings.twilio_api_key_secret):
         raise SettingsError("settings TWILIO_API_KEY_SID and TWILIO_API_KEY_SECRET must be set together")
+    try:
+        parse_segments_per_second(settings.twilio_segments_per_second)
+    except ValueError:
+        raise SettingsError("setting TWILIO_SEGMENTS_PER_SECOND must be a number above 0 or 'unlimited'") from None
+    if not 0 <= settings.circuit_breaker_failure_share <= 1:
+        raise SettingsError("setting CIRCUIT_BREAKER_FAILURE_SHARE must be between 0 (never trips) and 1")
     if settings.retention_days < 0:
         raise SettingsError("setting RETENTION_DAYS must be 0 (keep everything) or a number of days")
     try:

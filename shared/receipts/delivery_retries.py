@@ -14,6 +14,7 @@ import logging
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from celery import Celery
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,12 +52,13 @@ def release_and_enqueue_due_retries(
     *,
     batch_size: int = RELEASE_BATCH_SIZE,
     max_batches: int = MAX_BATCHES_PER_RUN,
+    now: datetime | None = None,
 ) -> ReleaseReport:
     """Release due retries batch by batch, enqueueing each batch's chunks after its commit."""
     report = ReleaseReport()
     for _ in range(max_batches):
         with session_scope(session_factory) as session:
-            released = release_due_retries(session, batch_size)
+            released = release_due_retries(session, batch_size, now)
         if not released:
             break
         report.released += len(released)

@@ -27,19 +27,21 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import redis
 from sqlalchemy import text
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.broadcasts import store as broadcast_store
+from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, halt_key, hold_broadcasts
 from shared.compliance.opt_outs import SOURCE_CALLBACK_21610, SOURCE_INBOUND, add_opt_outs, classify_reply, lift_stop
 from shared.compliance.phone_numbers import mask_phone_number, normalise_phone_number
 from shared.messages import store as message_store
 from shared.messages.store import AttemptReceipt, ReceiptUpdate
 from shared.platform.db import session_scope
 from shared.platform.metrics import record_applied_callbacks
-from shared.platform.models import UNFINISHED_MESSAGE_STATES, MessageState
+from shared.platform.models import UNFINISHED_MESSAGE_STATES, BroadcastStatus, MessageState
 from shared.platform.settings import Settings
 from shared.receipts.delivery_status import STATUS_RANK, StatusReport, advances, fold_status_reports
 from shared.receipts.status_queue import (
@@ -52,7 +54,16 @@ from shared.receipts.status_queue import (
     claim_periodic_pass,
     ensure_consumer_group,
 )
-from shared.twilio.error_codes import CALLBACK_OPT_OUT_CODES
+from shared.sending.breaker import BreakerPolicy, receipt_label
+from shared.sending.breaker import observe as observe_breaker
+from shared.sending.pacing import record_left_queue, record_slow_down
+from shared.twilio.error_codes import (
+    CALENDAR_DAY_CAP_CODES,
+    CALLBACK_OPT_OUT_CODES,
+    HOLD_ALL_CODES,
+    SLOW_DOWN_CODES,
+    UNCOUNTED_RETRY_CODES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -99,11 +110,16 @@ class DeliveryRetryPolicy:
     retry_codes: frozenset[int]
     max_attempts: int
     base_seconds: float
+    # 30001: a new attempt once Twilio's queue has drained (TWILIO_QUEUE_MAX_SECONDS).
+    drained_seconds: float = 60.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> DeliveryRetryPolicy:
         return cls(
-            settings.delivery_retry_codes, settings.delivery_retry_max_attempts, settings.delivery_retry_base_seconds
+            settings.delivery_retry_codes,
+            settings.delivery_retry_max_attempts,
+            settings.delivery_retry_base_seconds,
+            settings.twilio_queue_max_seconds,
         )
 
 
@@ -185,6 +201,36 @@ class MessageRow:
     error_code: int | None
     # A completed broadcast sends nothing more (its summary went out): a late callback's verdict is final.
     broadcast_completed: bool = False
+    uncounted_attempts: int = 0  # rate and cap answers: not delivery attempts
+
+
+# A message Twilio answered 30022 / 63017 (too fast) gets its new attempt after this long, at the lowered pace.
+SLOW_DOWN_RETRY_SECONDS = 30.0
+PACIFIC = ZoneInfo("America/Los_Angeles")
+ROLLING_DAY = timedelta(hours=24)
+
+
+def cap_resets_at(code: int, received_at: datetime) -> datetime:
+    """When a daily cap answered with `code` lets messages through again: 30023 / 30027 at the next midnight
+    Pacific time; 63038 (a rolling 24 hours, whose oldest message we do not know) a day after the answer."""
+    if code in CALENDAR_DAY_CAP_CODES:
+        local = received_at.astimezone(PACIFIC)
+        midnight = datetime.combine(local.date() + timedelta(days=1), datetime.min.time(), PACIFIC)
+        return midnight.astimezone(UTC)
+    return received_at + ROLLING_DAY
+
+
+def uncounted_retry_due(
+    code: int | None, received_at: datetime, now: datetime, policy: DeliveryRetryPolicy
+) -> datetime | None:
+    """When a message answered with a rate or cap code is sent again (None: not such a code)."""
+    if code is None or code not in UNCOUNTED_RETRY_CODES:
+        return None
+    if code in HOLD_ALL_CODES:
+        return cap_resets_at(code, received_at)
+    if code in SLOW_DOWN_CODES:
+        return now + timedelta(seconds=SLOW_DOWN_RETRY_SECONDS)
+    return now + timedelta(seconds=policy.drained_seconds)
 
 
 def decide_message_update(
@@ -205,7 +251,16 @@ def decide_message_update(
     error_message = None
     if state in (MessageState.UNDELIVERED, MessageState.FAILED):
         error_message = f"Twilio reported {report.status}" + (f" (error {error_code})" if error_code else "")
-        if error_code in policy.retry_codes and row.attempts < policy.max_attempts and not row.broadcast_completed:
+        uncounted_due = uncounted_retry_due(error_code, received_at, now, policy)
+        if uncounted_due is not None and not row.broadcast_completed:
+            # Never transmitted: sent again whatever the attempts so far (this one will not count either).
+            state = MessageState.RETRY_SCHEDULED
+            retry_due_at = uncounted_due
+        elif (
+            error_code in policy.retry_codes
+            and row.attempts - row.uncounted_attempts < policy.max_attempts
+            and not row.broadcast_completed
+        ):
             state = MessageState.RETRY_SCHEDULED
             retry_due_at = now + timedelta(seconds=retry_delay_seconds(row.attempts, policy.base_seconds, jitter()))
         else:
@@ -247,6 +302,10 @@ class ApplyReport:
     opted_in: int = 0  # numbers a START reply took off the list
     stored_by_status: Counter[str] = field(default_factory=Counter)  # the stored status callbacks, by status
     abandoned: int = 0  # unmatched for UNAPPLIED_RETRY_WINDOW: no longer retried
+    slow_down_answers: int = 0  # 30022 / 63017: pacing slows down
+    held: list[uuid.UUID] = field(default_factory=list)  # broadcasts a daily cap held (their halt flags are due)
+    # (broadcast, label) of each final receipt, for the circuit breaker (shared.sending.breaker)
+    outcomes: list[tuple[uuid.UUID, str]] = field(default_factory=list)
 
     def add(self, other: ApplyReport) -> None:
         for name in self.__dataclass_fields__:
@@ -601,6 +660,18 @@ def apply_stored_events(
             if row.state in _UNFINISHED:
                 left_unfinished.add(row.broadcast_id)
     report.messages_updated = message_store.apply_receipts(session, updates)
+    report.slow_down_answers = sum(1 for update in updates if update.error_code in SLOW_DOWN_CODES)
+    for update in updates:
+        label = receipt_label(update.state, update.error_code)
+        broadcast_id = broadcast_of.get(update.id)
+        if label is not None and broadcast_id is not None:
+            report.outcomes.append((broadcast_id, label))
+    caps = [update for update in updates if update.error_code in HOLD_ALL_CODES and update.retry_due_at is not None]
+    if caps:
+        # A daily cap is the brand's or the account's: every broadcast that may send waits for the reset.
+        latest = max(caps, key=lambda update: update.retry_due_at or now)
+        reason = f"Twilio error {latest.error_code}: daily message cap reached ({len(caps)} answers)"
+        report.held = broadcast_store.hold(session, None, reason, latest.retry_due_at)
 
     for (message_id, attempt_number), attempt_events in old.items():
         applied.extend(attempt_events)
@@ -644,16 +715,21 @@ def _target_message_id(
     return event.message_id
 
 
+# Column order is MessageRow's. A completed broadcast sends nothing more: its late callbacks are final.
+_LOAD_MESSAGES = (
+    "SELECT m.id, m.broadcast_id, m.to_number, m.state, m.attempts, m.twilio_sid, m.twilio_status, m.error_code, "
+    "b.completed_at IS NOT NULL AS broadcast_completed, m.uncounted_attempts "
+    "FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id WHERE m.id = ANY(CAST(:ids AS bigint[])) "
+    "ORDER BY m.id"
+)
+_LOAD_MESSAGES_LOCKED = _LOAD_MESSAGES + " FOR UPDATE OF m"
+
+
 def _load_messages(session: Session, message_ids: Sequence[int], *, lock: bool) -> dict[int, MessageRow]:
     if not message_ids:
         return {}
     rows = session.execute(
-        text(
-            "SELECT m.id, m.broadcast_id, m.to_number, m.state, m.attempts, m.twilio_sid, m.twilio_status, "
-            "m.error_code, b.completed_at IS NOT NULL AS broadcast_completed "
-            "FROM messages m JOIN broadcasts b ON b.id = m.broadcast_id WHERE m.id = ANY(CAST(:ids AS bigint[])) "
-            "ORDER BY m.id" + (" FOR UPDATE OF m" if lock else "")
-        ),
+        text(_LOAD_MESSAGES_LOCKED if lock else _LOAD_MESSAGES),
         {"ids": list(set(message_ids))},
     )
     return {row.id: MessageRow(*row) for row in rows}
@@ -724,6 +800,57 @@ def read_batch(consumer: StatusStreamConsumer, size: int, seconds: float) -> lis
     return batch
 
 
+def _report_left_queue(redis_client: redis.Redis, settings: Settings, batch: Sequence[QueuedCallback]) -> None:
+    """Tell pacing which messages left Twilio's queue (it bounds what Twilio holds); best effort: a message
+    not reported here stops counting when its entry expires."""
+    if not settings.twilio_account_sid:
+        return
+    statuses = []
+    for callback in batch:
+        sid, status = callback.parameters.get("MessageSid"), callback.parameters.get("MessageStatus")
+        if callback.kind == STATUS_CALLBACK and isinstance(sid, str) and isinstance(status, str):
+            statuses.append((sid, status))
+    try:
+        record_left_queue(redis_client, settings.twilio_account_sid, statuses)
+    except redis.RedisError as error:
+        logger.warning("could not report %d callbacks to pacing (%s)", len(statuses), type(error).__name__)
+
+
+def _signal_pacing_and_holds(
+    session_factory: sessionmaker[Session], redis_client: redis.Redis, settings: Settings, applied: ApplyReport
+) -> None:
+    """After the commit: workers stop at once for broadcasts a daily cap held; a rate answer slows pacing down;
+    the circuit breakers see the receipts, and hold the broadcasts whose failures surge."""
+    try:
+        _observe_breakers(session_factory, redis_client, settings, applied.outcomes)
+        for broadcast_id in applied.held:
+            redis_client.set(halt_key(broadcast_id), BroadcastStatus.HELD.value, ex=HALT_FLAG_TTL_SECONDS)
+        if applied.slow_down_answers and settings.twilio_account_sid:
+            record_slow_down(redis_client, settings.twilio_account_sid)
+    except redis.RedisError as error:
+        # The claim refuses held broadcasts anyway; only the chunks in flight go on a little longer.
+        logger.warning("could not signal holds or a slow-down to the senders (%s)", type(error).__name__)
+
+
+def _observe_breakers(
+    session_factory: sessionmaker[Session],
+    redis_client: redis.Redis,
+    settings: Settings,
+    outcomes: Sequence[tuple[uuid.UUID, str]],
+) -> None:
+    policy = BreakerPolicy.from_settings(settings)
+    if not policy.enabled or not outcomes:
+        return
+    by_broadcast: dict[uuid.UUID, list[str]] = defaultdict(list)
+    for broadcast_id, label in outcomes:
+        by_broadcast[broadcast_id].append(label)
+    for broadcast_id, labels in by_broadcast.items():
+        reason = observe_breaker(redis_client, policy, broadcast_id, labels)
+        if reason is not None:
+            with session_scope(session_factory) as session:
+                hold_broadcasts(session, redis_client, [broadcast_id], reason, None)
+
+
 def drain_status_stream(
     session_factory: sessionmaker[Session],
     redis_client: redis.Redis,
@@ -754,6 +881,8 @@ def drain_status_stream(
             with session_scope(session_factory) as session:
                 applied = apply_status_events(session, batch, settings)
             consumer.acknowledge([callback.entry_id for callback in batch])
+            _report_left_queue(redis_client, settings, batch)
+            _signal_pacing_and_holds(session_factory, redis_client, settings, applied)
             record_applied_callbacks(redis_client, applied.stored_by_status.elements(), applied)
             report.batches += 1
             report.callbacks += len(batch)

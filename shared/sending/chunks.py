@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio
+from redis.exceptions import RedisError
 from sqlalchemy import Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -34,7 +35,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from shared.broadcasts.control import HaltCallable, HaltCheck, halted_in_database
+from shared.broadcasts import store as broadcast_store
+from shared.broadcasts.control import HALT_FLAG_TTL_SECONDS, HaltCallable, HaltCheck, halt_key, halted_in_database
 from shared.broadcasts.outgoing import DeadlinePassed, OutgoingContent, load_outgoing_content
 from shared.platform.db import create_database_engine, create_session_factory, session_scope
 from shared.platform.metrics import (
@@ -45,8 +47,10 @@ from shared.platform.metrics import (
     record_send_metrics,
 )
 from shared.platform.settings import Settings
+from shared.sending.breaker import BreakerPolicy, observe_async, send_label
 from shared.sending.claims import ClaimedMessage, claim_pending_messages, record_send_outcomes
 from shared.sending.concurrency import ConcurrencyLimiter, SlotPool, concurrency_key
+from shared.sending.pacing import Pacer, PacingPolicy
 from shared.twilio.accounts import TestAccountNotConfigured, test_account
 from shared.twilio.gateway import (
     RATE_LIMITED_REASON,
@@ -115,11 +119,14 @@ class SendingResources:
     redis: redis.asyncio.Redis
     gateway: TwilioGateway  # the live account's
     limiter: ConcurrencyLimiter  # the live account's concurrency budget
+    pacer: Pacer | None = None  # the live account's pace; None: TWILIO_SEGMENTS_PER_SECOND=unlimited
     retry_policy: SendRetryPolicy = field(init=False)
+    breaker_policy: BreakerPolicy = field(init=False)
     _test_channel: tuple[TwilioGateway, ConcurrencyLimiter] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.retry_policy = SendRetryPolicy.from_settings(self.settings)
+        self.breaker_policy = BreakerPolicy.from_settings(self.settings)
 
     def channel(self, is_test: bool) -> tuple[TwilioGateway, ConcurrencyLimiter]:
         """The gateway and concurrency budget of a broadcast's account: the test account's (its own Redis key, its
@@ -154,8 +161,11 @@ class SendingResources:
             settings.twilio_max_concurrency,
             settings.concurrency_lease_seconds,
         )
+        policy = PacingPolicy.from_settings(settings)
+        pacer = Pacer(redis_client, settings.twilio_account_sid, policy) if policy.enabled else None
+        logger.info("pacing: %s", policy.describe())
         engine = create_database_engine(settings, pool_size=2)
-        return cls(settings, engine, create_session_factory(engine), loop, redis_client, gateway, limiter)
+        return cls(settings, engine, create_session_factory(engine), loop, redis_client, gateway, limiter, pacer)
 
     def run(self, coroutine: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coroutine)
@@ -232,34 +242,54 @@ async def send_messages(
     deadline: float,
     halted: HaltCallable | None = None,
     metrics: MetricsRecorder | None = None,
+    pacer: Pacer | None = None,
 ) -> list[tuple[ClaimedMessage, SendOutcome]]:
     """Send all messages concurrently, each holding a concurrency slot only while its request is in flight.
 
     `halted` (the broadcast was paused or canceled) is asked before each request: once true, the rest are
     released unsent (back to `pending`) without further retries. `metrics` gets every request's result and
-    latency (buffered in-process; the caller flushes it).
+    latency (buffered in-process; the caller flushes it). `pacer` (shared.sending.pacing) admits each
+    message's segments before its request and learns what Twilio accepted after it.
     """
 
     # The broadcast's content and options (`body` alone: a plain message without options).
     content = body if isinstance(body, OutgoingContent) else OutgoingContent(body)
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
-        async with slots.slot(deadline) as token:
-            if token is None:
-                return Retryable("no concurrency slot before the claim's deadline")
-            if halted is not None and await halted():
-                return Retryable(HALTED_REASON)
-            try:
-                # Per request: the ValidityPeriod left before the broadcast's deadline shrinks as the chunk sends.
-                options = content.send_options()
-            except DeadlinePassed:
-                return Retryable(DEADLINE_REASON)
-            text_body = content.body_for(message.variables)
-            started = time.perf_counter()
-            outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
-            if metrics is not None:
-                _count_request(metrics, outcome, time.perf_counter() - started)
-            return outcome
+        try:
+            # Per request: the ValidityPeriod left before the broadcast's deadline shrinks as the chunk sends.
+            options = content.send_options()
+        except DeadlinePassed:
+            return Retryable(DEADLINE_REASON)
+        text_body = content.body_for(message.variables)
+        segments = content.segments_for(text_body) if pacer is not None else 0
+        reservation = None
+        if pacer is not None:
+            reservation = await pacer.reserve(segments, deadline, halted)
+            if reservation is None:
+                halted_now = halted is not None and await halted()
+                return Retryable(HALTED_REASON if halted_now else "no pacing room before the claim's deadline")
+        outcome: SendOutcome = Retryable(HALTED_REASON)
+        try:
+            async with slots.slot(deadline) as token:
+                if token is None:
+                    outcome = Retryable("no concurrency slot before the claim's deadline")
+                    return outcome
+                if halted is not None and await halted():
+                    return outcome
+                started = time.perf_counter()
+                outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
+                if metrics is not None:
+                    _count_request(metrics, outcome, time.perf_counter() - started)
+                return outcome
+        finally:
+            if pacer is not None and reservation is not None:
+                # Only a Retryable was surely not taken by Twilio: its segments go back. An Ambiguous send may be
+                # queued at Twilio, so it counts until its reservation expires.
+                if isinstance(outcome, Accepted):
+                    await pacer.settle(reservation, segments, outcome.sid)
+                elif isinstance(outcome, Retryable | Permanent):
+                    await pacer.settle(reservation, segments, None)
 
     async def send_one(message: ClaimedMessage) -> SendOutcome:
         # The slot is released before each backoff sleep (it is taken inside `attempt`).
@@ -317,6 +347,32 @@ def _flush_chunk_metrics(
     resources.run(metrics.flush_async(resources.redis))
 
 
+def _observe_breaker(
+    resources: SendingResources, broadcast_id: uuid.UUID, results: Sequence[tuple[ClaimedMessage, SendOutcome]]
+) -> None:
+    """The chunk's answers go into the broadcast's circuit breaker; a surge holds it (shared.sending.breaker)."""
+    policy = resources.breaker_policy
+    if not policy.enabled:
+        return
+    labels = [send_label(outcome) for _, outcome in results]
+    try:
+        reason = resources.run(observe_async(resources.redis, policy, broadcast_id, labels))
+    except RedisError as error:
+        logger.warning("circuit breaker unavailable (%s)", type(error).__name__)
+        return
+    if reason is None:
+        return
+    with session_scope(resources.session_factory) as session:
+        held = broadcast_store.hold(session, [broadcast_id], reason, None)
+    if held:
+        logger.warning("broadcast %s held: %s", broadcast_id, reason)
+
+        async def raise_halt_flag() -> None:
+            await resources.redis.set(halt_key(broadcast_id), "held", ex=HALT_FLAG_TTL_SECONDS)
+
+        resources.run(raise_halt_flag())
+
+
 def _database_retrying() -> Retrying:
     """Recording after Twilio answered must not be lost to a database blip: retry a few times."""
     return Retrying(
@@ -363,6 +419,8 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
                     halted_in_database=lambda: halted_in_database(resources.session_factory, broadcast_id),
                 ),
                 metrics=metrics,
+                # Test traffic never spends the live account's pace (the test account is a simulator).
+                pacer=None if body.test else resources.pacer,
             )
 
     results = resources.run(send_all())
@@ -371,6 +429,7 @@ def send_chunk(resources: SendingResources, broadcast_id: uuid.UUID, chunk_numbe
             record_send_outcomes(session, broadcast_id, results)
     result = ChunkResult.of(results)
     _flush_chunk_metrics(resources, metrics, result, results)
+    _observe_breaker(resources, broadcast_id, results)
     logger.info(
         "broadcast %s chunk %d: %d claimed, %d accepted, %d failed, %d unknown, %d released",
         broadcast_id,

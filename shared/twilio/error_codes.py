@@ -40,6 +40,11 @@ class CallbackErrorBehaviour(StrEnum):
     FINAL = "final"  # the message stays undelivered / failed
     DELIVERY_RETRY = "delivery_retry"  # a new attempt later, up to DELIVERY_RETRY_MAX_ATTEMPTS
     OPT_OUT = "opt_out"  # the recipient opted out: remember the number
+    # Rate and cap answers: Twilio never transmitted the message, so it is sent again, and the attempt does not
+    # count against DELIVERY_RETRY_MAX_ATTEMPTS.
+    SLOW_DOWN = "slow_down"  # the pace drops for a while; a new attempt shortly
+    RETRY_WHEN_DRAINED = "retry_when_drained"  # queue overflow: a new attempt once the queue at Twilio drained
+    HOLD_ALL = "hold_all"  # a daily cap: every sending broadcast is held until it resets, then resumes
 
     @property
     def summary(self) -> str:
@@ -59,6 +64,12 @@ _CALLBACK_BEHAVIOUR_SUMMARIES = {
     CallbackErrorBehaviour.DELIVERY_RETRY: "a new attempt after about 1, 4 and 16 min, then final "
     "(`DELIVERY_RETRY_*`: these codes are the default of `DELIVERY_RETRY_ERROR_CODES`)",
     CallbackErrorBehaviour.OPT_OUT: "final, number added to the opt-out list",
+    CallbackErrorBehaviour.SLOW_DOWN: "the pace drops to half for a minute; sent again shortly, not counted as "
+    "a delivery attempt",
+    CallbackErrorBehaviour.RETRY_WHEN_DRAINED: "sent again once Twilio's queue has drained "
+    "(`TWILIO_QUEUE_MAX_SECONDS`), not counted as a delivery attempt",
+    CallbackErrorBehaviour.HOLD_ALL: "every sending broadcast is `held` until the cap resets, then resumes by "
+    "itself; the message is sent again then, not counted as a delivery attempt",
 }
 
 
@@ -72,6 +83,8 @@ class TwilioErrorCode:
     # delivery-retry setting apply if it ever does.
     on_send: SendErrorBehaviour | None = None
     on_callback: CallbackErrorBehaviour | None = None
+    # A surge of this code among a broadcast's recent outcomes trips its circuit breaker (shared.sending.breaker).
+    trips_breaker: bool = False
 
     @property
     def reference_url(self) -> str:
@@ -120,6 +133,7 @@ _CODES = (
         "can opt back in by replying START.",
         on_send=SendErrorBehaviour.OPT_OUT,
         on_callback=CallbackErrorBehaviour.OPT_OUT,
+        trips_breaker=True,
     ),
     TwilioErrorCode(
         21612,
@@ -148,8 +162,9 @@ _CODES = (
         30001,
         "Queue overflow",
         "Too many messages waited in the sender's queue at Twilio and this one was dropped.",
-        "Send again later at a lower rate, or add senders to the Messaging Service to raise throughput.",
-        on_callback=CallbackErrorBehaviour.FINAL,
+        "Nothing to do per message: bulksms sends it again once the queue drained. Pacing keeps the queue short; "
+        "if it still overflows, lower TWILIO_SEGMENTS_PER_SECOND or TWILIO_QUEUE_MAX_SECONDS.",
+        on_callback=CallbackErrorBehaviour.RETRY_WHEN_DRAINED,
     ),
     TwilioErrorCode(
         30003,
@@ -185,8 +200,9 @@ _CODES = (
         "Carrier violation (filtered)",
         "The carrier filtered the message as spam or as breaking its messaging rules.",
         "Do not resend as is. Review the wording, links (avoid URL shorteners) and sender registration "
-        "(A2P 10DLC in the US) against carrier guidelines (CTIA in the US).",
+        "(A2P 10DLC in the US) against carrier guidelines (CTIA in the US). A surge trips the circuit breaker.",
         on_callback=CallbackErrorBehaviour.FINAL,
+        trips_breaker=True,
     ),
     TwilioErrorCode(
         30008,
@@ -209,8 +225,50 @@ _CODES = (
         30034,
         "Unregistered US A2P 10DLC number",
         "The message came from a US long code that is not registered for A2P 10DLC.",
-        "Register the brand and campaign (or use a registered sender) before sending to US numbers.",
+        "Register the brand and campaign (or use a registered sender) before sending to US numbers. A surge "
+        "trips the circuit breaker.",
         on_callback=CallbackErrorBehaviour.FINAL,
+        trips_breaker=True,
+    ),
+    TwilioErrorCode(
+        30022,
+        "US A2P 10DLC rate limit exceeded",
+        "More was sent than the campaign's throughput allows.",
+        "Nothing to do per message: bulksms halves its pace for a minute and sends it again. If it keeps "
+        "happening, set TWILIO_SEGMENTS_PER_SECOND to the campaign's throughput.",
+        on_callback=CallbackErrorBehaviour.SLOW_DOWN,
+    ),
+    TwilioErrorCode(
+        30023,
+        "US A2P 10DLC daily message cap reached",
+        "The brand's daily cap (T-Mobile's count for low-volume brands) is used up; it resets at midnight "
+        "Pacific time.",
+        "Nothing to do: every sending broadcast is held until the reset and resumes by itself. For more, raise "
+        "the brand's trust score or vetting.",
+        on_callback=CallbackErrorBehaviour.HOLD_ALL,
+    ),
+    TwilioErrorCode(
+        30027,
+        "T-Mobile daily message limit reached",
+        "T-Mobile's daily limit for the brand is used up; it resets at midnight Pacific time.",
+        "Nothing to do: every sending broadcast is held until the reset and resumes by itself.",
+        on_callback=CallbackErrorBehaviour.HOLD_ALL,
+    ),
+    TwilioErrorCode(
+        63017,
+        "Account above its messages-per-second limit",
+        "The account and its subaccounts sent more than Twilio allows per second (2,000).",
+        "Nothing to do per message: bulksms halves its pace for a minute and sends it again. Lower "
+        "TWILIO_SEGMENTS_PER_SECOND if it keeps happening.",
+        on_callback=CallbackErrorBehaviour.SLOW_DOWN,
+    ),
+    TwilioErrorCode(
+        63038,
+        "Account daily message limit reached",
+        "The account's daily message limit (a rolling 24 hours) is used up.",
+        "Nothing to do: every sending broadcast is held for 24 hours and resumes by itself; ask Twilio to raise "
+        "the limit if that is too long.",
+        on_callback=CallbackErrorBehaviour.HOLD_ALL,
     ),
 )
 
@@ -250,5 +308,15 @@ def codes_in_callbacks(behaviour: CallbackErrorBehaviour) -> tuple[int, ...]:
 # Twilio refuses a number whose owner replied STOP with 21610, at send or later in a callback: bulksms remembers it.
 SEND_OPT_OUT_CODES = frozenset(codes_at_send(SendErrorBehaviour.OPT_OUT))
 CALLBACK_OPT_OUT_CODES = frozenset(codes_in_callbacks(CallbackErrorBehaviour.OPT_OUT))
+# Rate and cap answers in a callback: the message gets a new attempt that does not count as a delivery attempt.
+UNCOUNTED_RETRY_BEHAVIOURS = frozenset(
+    {CallbackErrorBehaviour.SLOW_DOWN, CallbackErrorBehaviour.RETRY_WHEN_DRAINED, CallbackErrorBehaviour.HOLD_ALL}
+)
+UNCOUNTED_RETRY_CODES = frozenset(entry.code for entry in _CODES if entry.on_callback in UNCOUNTED_RETRY_BEHAVIOURS)
+SLOW_DOWN_CODES = frozenset(codes_in_callbacks(CallbackErrorBehaviour.SLOW_DOWN))
+HOLD_ALL_CODES = frozenset(codes_in_callbacks(CallbackErrorBehaviour.HOLD_ALL))
+# Of those, the caps that reset at midnight Pacific time (the others are a rolling 24 hours: 63038).
+CALENDAR_DAY_CAP_CODES = frozenset({30023, 30027})
+BREAKER_CODES = frozenset(entry.code for entry in _CODES if entry.trips_breaker)
 # The default of the DELIVERY_RETRY_ERROR_CODES setting, which replaces it when set.
 DEFAULT_DELIVERY_RETRY_CODES = codes_in_callbacks(CallbackErrorBehaviour.DELIVERY_RETRY)

@@ -352,3 +352,41 @@ def test_a_test_keys_broadcasts_are_marked_test_on_both_pages(app: Flask, db_ses
         page = client.get(f"/dashboard/broadcasts/{sent.get_json()['id']}").get_data(as_text=True)
         assert ('class="status status-test"' in listed) is is_test
         assert ('id="test"' in page) is is_test
+
+
+def test_a_broadcast_held_by_its_circuit_breaker_says_why_and_can_be_resumed_here(
+    signed_in: FlaskClient, key: SignedKey, db_session: Session
+) -> None:
+    broadcast = seed_broadcast(db_session, key.api_key, status=BroadcastStatus.HELD)
+    reason = "circuit breaker: 60 of the last 200 outcomes failed (30007 x60)"
+    db_session.execute(
+        text("UPDATE broadcasts SET held_reason = :reason, first_send_at = now() WHERE id = :id"),
+        {"reason": reason, "id": broadcast.id},
+    )
+    db_session.commit()
+    page = signed_in.get(f"/dashboard/broadcasts/{broadcast.id}").get_data(as_text=True)
+    assert reason in page and "It waits for an operator" in page and 'id="resume"' in page
+
+    response = signed_in.post(f"/dashboard/broadcasts/{broadcast.id}/resume", data={"csrf_token": csrf_from(page)})
+    assert response.status_code == 302
+    db_session.expire_all()
+    status, held_reason = db_session.execute(
+        text("SELECT status, held_reason FROM broadcasts WHERE id = :id"), {"id": broadcast.id}
+    ).one()
+    assert (status, held_reason) == ("sending", None)
+    again = signed_in.post(f"/dashboard/broadcasts/{broadcast.id}/resume", data={"csrf_token": csrf_from(page)})
+    assert "cannot be resumed" in signed_in.get(again.headers["Location"]).get_data(as_text=True)
+
+
+def test_a_read_only_key_cannot_resume_a_held_broadcast_from_the_dashboard(app: Flask, db_session: Session) -> None:
+    api_key, plaintext = create_api_key(db_session, "watcher", scope="read")
+    broadcast = seed_broadcast(db_session, api_key, status=BroadcastStatus.HELD)
+    client = app.test_client()
+    sign_in(client, plaintext)
+    page = client.get(f"/dashboard/broadcasts/{broadcast.id}").get_data(as_text=True)
+
+    response = client.post(f"/dashboard/broadcasts/{broadcast.id}/resume", data={"csrf_token": csrf_from(page)})
+    assert "resuming needs a key with the send scope" in client.get(response.headers["Location"]).get_data(as_text=True)
+    db_session.expire_all()
+    status = db_session.execute(text("SELECT status FROM broadcasts WHERE id = :id"), {"id": broadcast.id}).scalar()
+    assert status == "held"

@@ -10,10 +10,8 @@ from shared.broadcasts.deadlines import (
     DeadlineError,
     check_deadline,
     deadline_warnings,
-    estimated_sending_seconds,
     validity_period_left,
 )
-from shared.platform.settings import Settings
 
 NOW = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
 
@@ -61,23 +59,12 @@ def test_the_validity_period_is_the_time_left_before_the_deadline(
     assert validity_period_left(deadline, validity_period, NOW) == expected
 
 
-class PacedSettings(Settings):
-    """Settings with the pool's throughput, as TWILIO_SEGMENTS_PER_SECOND gives it (issue 9, pacing)."""
-
-    twilio_segments_per_second: float | None = 50.0
-
-
-def test_the_estimate_is_segments_over_the_configured_throughput_and_absent_without_one() -> None:
-    assert estimated_sending_seconds(5_000, PacedSettings()) == 100.0
-    assert estimated_sending_seconds(5_000, Settings()) is None
-
-
 def test_intake_warns_when_the_estimate_passes_the_deadline_and_only_then() -> None:
-    paced = PacedSettings()
-    assert deadline_warnings(NOW + timedelta(seconds=101), 5_000, paced, NOW) == []
-    [warning] = deadline_warnings(NOW + timedelta(seconds=60), 5_000, paced, NOW)
+    estimate = 100.0  # 5,000 segments at 50 segments/s
+    assert deadline_warnings(NOW + timedelta(seconds=101), 5_000, estimate, NOW) == []
+    [warning] = deadline_warnings(NOW + timedelta(seconds=60), 5_000, estimate, NOW)
     assert "100 s" in warning and "40 s after the deadline" in warning
     # A scheduled broadcast starts at send_at.
-    assert deadline_warnings(NOW + timedelta(seconds=150), 5_000, paced, NOW, NOW + timedelta(seconds=60))
-    assert deadline_warnings(None, 5_000, paced, NOW) == []
-    assert deadline_warnings(NOW + timedelta(seconds=1), 5_000, Settings(), NOW) == []  # no estimate: no warning
+    assert deadline_warnings(NOW + timedelta(seconds=150), 5_000, estimate, NOW, NOW + timedelta(seconds=60))
+    assert deadline_warnings(None, 5_000, estimate, NOW) == []
+    assert deadline_warnings(NOW + timedelta(seconds=1), 5_000, None, NOW) == []  # no estimate: no warning

@@ -39,12 +39,23 @@ def _complete(session: Session, broadcast_id: uuid.UUID) -> bool:
     return broadcast_id in [completed_id for completed_id, _ in completed]
 
 
+def _hold(session: Session, broadcast_id: uuid.UUID) -> bool:
+    return broadcast_id in store.hold(session, [broadcast_id], "Twilio error 30023", database_now(session))
+
+
+def _release_hold(session: Session, broadcast_id: uuid.UUID) -> bool:
+    session.execute(update(Broadcast).where(Broadcast.id == broadcast_id).values(held_until=func.now()))
+    return broadcast_id in store.release_due_holds(session, now=database_now(session) + timedelta(seconds=1))
+
+
 # Moves the pipeline makes: they report whether the broadcast moved.
 PIPELINE_MOVES: dict[BroadcastEvent, Callable[[Session, uuid.UUID], bool]] = {
     BroadcastEvent.RELEASE_SCHEDULE: _release_schedule,
     BroadcastEvent.START_SENDING: store.start_sending,
     BroadcastEvent.SUBMIT: store.submit_if_finished,
     BroadcastEvent.COMPLETE: _complete,
+    BroadcastEvent.HOLD: _hold,
+    BroadcastEvent.RELEASE_HOLD: _release_hold,
 }
 
 LEGAL = {(source, event) for source, event, _ in BROADCAST_TRANSITIONS}

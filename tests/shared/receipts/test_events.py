@@ -21,8 +21,15 @@ from shared.receipts.events import (
     decide_message_update,
     message_state_for,
     retry_delay_seconds,
+    uncounted_retry_due,
 )
-from shared.twilio.error_codes import ERROR_CODES, CallbackErrorBehaviour, TwilioErrorCode, codes_in_callbacks
+from shared.twilio.error_codes import (
+    ERROR_CODES,
+    UNCOUNTED_RETRY_BEHAVIOURS,
+    CallbackErrorBehaviour,
+    TwilioErrorCode,
+    codes_in_callbacks,
+)
 from tests.factories import broadcast_of, create_broadcast, messages_of
 from tests.status_callbacks import new_sid, queued
 
@@ -111,6 +118,38 @@ def test_decide_message_update(
         assert update_.retry_due_at == NOW + timedelta(seconds=60.0 * 4 ** (attempts - 1))
 
 
+@pytest.mark.parametrize(
+    ("code", "due"),
+    [
+        (30022, NOW + timedelta(seconds=30)),  # slow down, then again shortly
+        (63017, NOW + timedelta(seconds=30)),
+        (30001, NOW + timedelta(seconds=60)),  # once the queue at Twilio has drained (TWILIO_QUEUE_MAX_SECONDS)
+        (30023, datetime(2026, 1, 1, 8, tzinfo=UTC)),  # midnight Pacific (PST, UTC-8) after 2026-01-01 00:00 UTC
+        (30027, datetime(2026, 1, 1, 8, tzinfo=UTC)),
+        (63038, NOW + timedelta(hours=24)),  # a rolling day
+    ],
+)
+def test_rate_and_cap_answers_are_sent_again_whatever_the_attempts_so_far(code: int, due: datetime) -> None:
+    # Already at DELIVERY_RETRY_MAX_ATTEMPTS: a delivery retry would be refused, these are not delivery attempts.
+    update_ = decide_message_update(
+        row(twilio_status="accepted", attempts=3), StatusReport("SM1", "failed", code), NOW, NOW, POLICY, lambda: 0.0
+    )
+    assert update_ is not None and update_.state == "retry_scheduled" and update_.retry_due_at == due
+
+
+def test_attempts_twilio_answered_with_a_rate_code_do_not_count_against_delivery_retries() -> None:
+    # Three attempts, two of them answered 30022: one real delivery attempt, so a 30003 still earns another.
+    update_ = decide_message_update(
+        row(twilio_status="sent", attempts=3, uncounted_attempts=2),
+        StatusReport("SM1", "undelivered", 30003),
+        NOW,
+        NOW,
+        POLICY,
+        lambda: 0.0,
+    )
+    assert update_ is not None and update_.state == "retry_scheduled"
+
+
 def test_the_delivery_retry_policy_reads_the_error_code_table_unless_the_setting_replaces_it() -> None:
     table = frozenset(codes_in_callbacks(CallbackErrorBehaviour.DELIVERY_RETRY))
     assert DeliveryRetryPolicy.from_settings(Settings()).retry_codes == table == {30003, 30008}
@@ -136,6 +175,11 @@ def test_an_undelivered_receipt_follows_its_codes_row_by_default(entry: TwilioEr
     assert update_ is not None and update_.error_code == entry.code
     if entry.on_callback is CallbackErrorBehaviour.DELIVERY_RETRY:
         assert (update_.state, update_.final_at) == ("retry_scheduled", None)
+    elif entry.on_callback in UNCOUNTED_RETRY_BEHAVIOURS:
+        assert (update_.state, update_.final_at) == ("retry_scheduled", None)
+        assert update_.retry_due_at == uncounted_retry_due(
+            entry.code, NOW, NOW, DeliveryRetryPolicy.from_settings(Settings())
+        )
     else:  # final, opt-out: the message stays undelivered (an opt-out also lists the number, see below)
         assert (update_.state, update_.final_at) == ("undelivered", NOW)
 
