@@ -257,8 +257,7 @@ async def send_messages(
 
     async def attempt(message: ClaimedMessage, callback_url: str | None) -> SendOutcome:
         try:
-            # Per request: the ValidityPeriod left before the broadcast's deadline shrinks as the chunk sends.
-            options = content.send_options()
+            content.send_options()  # past the deadline already: no waiting for pace or slot
         except DeadlinePassed:
             return Retryable(DEADLINE_REASON)
         text_body = content.body_for(message.variables)
@@ -276,6 +275,13 @@ async def send_messages(
                     outcome = Retryable("no concurrency slot before the claim's deadline")
                     return outcome
                 if halted is not None and await halted():
+                    return outcome
+                try:
+                    # Taken as the request leaves, after any wait for pace or slot: the ValidityPeriod left before
+                    # the broadcast's deadline shrinks as the chunk sends.
+                    options = content.send_options()
+                except DeadlinePassed:
+                    outcome = Retryable(DEADLINE_REASON)
                     return outcome
                 started = time.perf_counter()
                 outcome = await gateway.send(message.to_number, text_body, callback_url, **options)
