@@ -32,6 +32,12 @@ def settings(base_settings: Settings) -> Settings:
     return base_settings.replace(twilio_max_concurrency=20, send_window_chunks=4)
 
 
+@pytest.fixture(autouse=True)
+def _empty_redis(redis_client: Any) -> None:
+    """Asking for Redis empties it before each test (tests/conftest.py): the chunk tasks and concurrency leases the
+    previous test's killed workers left behind would otherwise share this test's capacity and skew its shares."""
+
+
 def state_counts(engine: Engine, broadcast_id: uuid.UUID) -> dict[str, int]:
     with engine.connect() as connection:
         rows = connection.execute(
