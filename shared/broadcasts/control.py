@@ -186,12 +186,13 @@ class HaltCheck:
 
 
 def halted_in_database(session_factory: sessionmaker[Session], broadcast_id: uuid.UUID) -> bool:
-    """True when PostgreSQL says the broadcast is paused or canceled (the truth behind the halt flag)."""
+    """True when PostgreSQL says the broadcast may not send now (the truth behind the halt flag): paused,
+    canceled, held, or any other status a claim refuses, so a held broadcast's flag is never taken for stale."""
     with session_factory() as session:
         status = session.execute(
             text("SELECT status FROM broadcasts WHERE id = :id"), {"id": broadcast_id}
         ).scalar_one_or_none()
-    return status in (BroadcastStatus.PAUSED, BroadcastStatus.CANCELED)
+    return status is not None and status not in broadcast_store.SENDABLE_STATUSES
 
 
 HaltCallable = Callable[[], Awaitable[bool]]
